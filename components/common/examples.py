@@ -1,0 +1,172 @@
+"""Reading TFX Examples (GZIP TFRecords of tf.Example) into arrays, and the embedded digits data.
+
+The model input convention: a float vector of every feature except the label, ordered by feature name,
+unless ``feature_keys`` gives the order. The digits data names its pixels ``pixel_00``..``pixel_63`` so
+that name order is pixel order.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import hashlib
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+DIGITS_LABEL_KEY = "label"
+DIGITS_FEATURES = [f"pixel_{i:02d}" for i in range(64)]
+
+
+def write_digits_csv(out_dir: str, n: Optional[int] = None, seed: int = 0) -> str:
+    """Writes scikit-learn's digits (1797 8x8 images, 10 classes) as ``out_dir/digits.csv``.
+
+    Args:
+      out_dir: directory to create (it must hold only this CSV for CsvExampleGen).
+      n: keep a seeded random subset of this many rows (all when None).
+      seed: seed of the subset and of the row order.
+    Pixels are scaled from 0..16 to 0..1; the label column is ``label``.
+    Returns the CSV path. Written to a temporary name and moved into place.
+    """
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = data.data.astype(np.float64) / 16.0
+    y = data.target.astype(np.int64)
+    order = np.random.default_rng(seed).permutation(len(y))
+    if n is not None:
+        if n <= 0 or n > len(y):
+            raise ValueError(f"n must be in 1..{len(y)}, got {n}")
+        order = order[:n]
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "digits.csv")
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(DIGITS_FEATURES + [DIGITS_LABEL_KEY])
+        for i in order:
+            w.writerow([f"{v:.4f}" for v in x[i]] + [int(y[i])])
+    os.replace(tmp, path)
+    return path
+
+
+def feature_vector_keys(feature_names: Sequence[str], label_key: str,
+                        feature_keys: Optional[Sequence[str]] = None) -> List[str]:
+    """The ordered feature names that form the model input vector.
+
+    Raises ValueError naming any requested key that the examples do not have, or the label key if absent.
+    """
+    names = set(feature_names)
+    if label_key not in names:
+        raise ValueError(f"label key {label_key!r} is not a feature of the examples "
+                         f"(features: {sorted(names)[:20]}{'...' if len(names) > 20 else ''})")
+    if feature_keys:
+        missing = [k for k in feature_keys if k not in names]
+        if missing:
+            raise ValueError(f"feature key(s) {missing} not found in the examples "
+                             f"(features: {sorted(names)[:20]}{'...' if len(names) > 20 else ''})")
+        return list(feature_keys)
+    keys = sorted(k for k in names if k != label_key)
+    if not keys:
+        raise ValueError("the examples have no feature besides the label key")
+    return keys
+
+
+@dataclasses.dataclass
+class ExamplesData:
+    """Examples of one split as arrays.
+
+    x: float32 [N, D] model inputs; y: int64 [N] labels; features: every feature as a 1-D array (first
+    value of each example; bytes decoded to str); example_hashes: hex sha1 of each serialized example,
+    used to find examples present in two splits; input_features: the ordered names forming x.
+    """
+    x: np.ndarray
+    y: np.ndarray
+    features: Dict[str, np.ndarray]
+    example_hashes: List[str]
+    input_features: List[str]
+
+
+def _feature_values(feature) -> list:
+    kind = feature.WhichOneof("kind")
+    if kind is None:
+        return []
+    return list(getattr(feature, kind).value)
+
+
+def split_file_pattern(examples_uri: str, split: str) -> str:
+    """The file pattern of one split of a TFX Examples artifact (``Split-<name>/*``)."""
+    d = os.path.join(examples_uri, f"Split-{split}")
+    if not os.path.isdir(d):
+        have = sorted(p[len("Split-"):] for p in os.listdir(examples_uri) if p.startswith("Split-")) \
+            if os.path.isdir(examples_uri) else []
+        raise ValueError(f"split {split!r} not found in examples at {examples_uri} (splits: {have})")
+    return os.path.join(d, "*")
+
+
+def parse_examples(serialized: Sequence[bytes], label_key: str,
+                   feature_keys: Optional[Sequence[str]] = None) -> ExamplesData:
+    """Parses serialized tf.Examples into arrays (see ExamplesData)."""
+    import tensorflow as tf
+
+    if len(serialized) == 0:
+        raise ValueError("no examples to parse (empty split)")
+    rows: List[Dict[str, object]] = []
+    names: set = set()
+    for s in serialized:
+        ex = tf.train.Example.FromString(s)
+        row = {}
+        for k, f in ex.features.feature.items():
+            vals = _feature_values(f)
+            row[k] = vals[0] if len(vals) == 1 else (vals if vals else None)
+        rows.append(row)
+        names.update(row)
+    keys = feature_vector_keys(sorted(names), label_key, feature_keys)
+    x = np.zeros((len(rows), len(keys)), dtype=np.float32)
+    y = np.zeros(len(rows), dtype=np.int64)
+    for i, row in enumerate(rows):
+        lab = row.get(label_key)
+        if lab is None or isinstance(lab, list):
+            raise ValueError(f"example {i} has no single value for label key {label_key!r}")
+        y[i] = int(lab)
+        for j, k in enumerate(keys):
+            v = row.get(k)
+            if v is None or isinstance(v, list):
+                x[i, j] = np.nan
+            elif isinstance(v, bytes):
+                raise ValueError(f"feature {k!r} is a string feature; the model input takes numeric features "
+                                 f"(pass feature_keys to choose them)")
+            else:
+                x[i, j] = float(v)
+    if np.isnan(x).any():
+        bad = int(np.isnan(x).any(axis=1).sum())
+        raise ValueError(f"{bad} example(s) have a missing value in the model's input features")
+    features: Dict[str, np.ndarray] = {}
+    for k in sorted(names):
+        vals = [row.get(k) for row in rows]
+        vals = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in vals]
+        features[k] = np.asarray(vals, dtype=object)
+    hashes = [hashlib.sha1(s).hexdigest() for s in serialized]
+    return ExamplesData(x=x, y=y, features=features, example_hashes=hashes, input_features=keys)
+
+
+def read_serialized(file_pattern: str) -> List[bytes]:
+    """All serialized records of the GZIP TFRecord files matching ``file_pattern``, in file-name order."""
+    import tensorflow as tf
+
+    files = sorted(glob.glob(file_pattern))
+    if not files:
+        raise ValueError(f"no files match {file_pattern}")
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    return [r.numpy() for r in ds]
+
+
+def load_examples(file_pattern: str, label_key: str,
+                  feature_keys: Optional[Sequence[str]] = None) -> ExamplesData:
+    """Reads a split of TFX Examples into arrays; raises ValueError on an empty split or missing keys."""
+    serialized = read_serialized(file_pattern)
+    if not serialized:
+        raise ValueError(f"the split at {file_pattern} has no examples")
+    return parse_examples(serialized, label_key, feature_keys)
