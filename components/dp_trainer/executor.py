@@ -48,4 +48,6 @@ class Executor(base_executor.BaseExecutor):
             eps = ledger["epsilon"]
             if eps is not None and math.isfinite(eps):
                 model.set_float_custom_property("epsilon", float(eps))
+                # MLMD's SQLite backend keeps ~6 significant digits of a double; the exact value as text.
+                model.set_string_custom_property("epsilon_exact", repr(float(eps)))
         model_run.set_string_custom_property("model_variant", config.model_variant)
