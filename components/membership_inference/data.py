@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
 from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
@@ -36,7 +37,7 @@ class InputValidationError(ValueError):
 # Losses and entropies (the only implementations in the project: reuse them, do not copy them)
 # ---------------------------------------------------------------------------------------------------------
 
-def _as_2d_logits(logits: np.ndarray) -> np.ndarray:
+def as_2d_logits(logits: np.ndarray) -> np.ndarray:
     """[N] or [N, 1] single-logit (sigmoid) outputs become [N, 2] logits ``[0, z]``: softmax([0, z]) is
     [1 - sigmoid(z), sigmoid(z)], so the multi-class formulas stay exact and stable for the binary case."""
     logits = np.asarray(logits, dtype=np.float64)
@@ -49,7 +50,7 @@ def _as_2d_logits(logits: np.ndarray) -> np.ndarray:
     return logits
 
 
-def _as_2d_probs(probs: np.ndarray) -> np.ndarray:
+def as_2d_probs(probs: np.ndarray) -> np.ndarray:
     """[N] or [N, 1] probabilities of the positive class become [N, 2] ``[1 - p, p]``."""
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim == 2 and probs.shape[1] == 1:
@@ -62,8 +63,8 @@ def _as_2d_probs(probs: np.ndarray) -> np.ndarray:
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Stable log-softmax over the last axis of ``[N, C]`` logits (single-logit input: see ``_as_2d_logits``)."""
-    z = _as_2d_logits(logits)
+    """Stable log-softmax over the last axis of ``[N, C]`` logits (single-logit input: see ``as_2d_logits``)."""
+    z = as_2d_logits(logits)
     z = z - z.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
@@ -95,7 +96,7 @@ def cross_entropy_from_logits(logits: np.ndarray, labels: np.ndarray) -> np.ndar
     """
     lsm = log_softmax(logits)
     labels = _check_labels_for(lsm.shape[0], lsm.shape[1], labels)
-    return -lsm[np.arange(lsm.shape[0]), labels]
+    return 0.0 - lsm[np.arange(lsm.shape[0]), labels]  # 0.0 - x: no -0.0
 
 
 def cross_entropy_from_probs(probs: np.ndarray, labels: np.ndarray, min_prob: float = MIN_PROB) -> np.ndarray:
@@ -105,7 +106,7 @@ def cross_entropy_from_probs(probs: np.ndarray, labels: np.ndarray, min_prob: fl
       probs: [N, C] class probabilities; or [N] / [N, 1] probability of the positive class (binary).
       labels: [N] integers in [0, C).
     """
-    p = _as_2d_probs(probs)
+    p = as_2d_probs(probs)
     labels = _check_labels_for(p.shape[0], p.shape[1], labels)
     return -np.log(np.maximum(p[np.arange(p.shape[0]), labels], min_prob))
 
@@ -135,7 +136,7 @@ def modified_entropy(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
       probs: [N, C] probabilities, or [N] / [N, 1] positive-class probability (binary).
       labels: [N] integers in [0, C).
     """
-    p = _as_2d_probs(probs)
+    p = as_2d_probs(probs)
     labels = _check_labels_for(p.shape[0], p.shape[1], labels)
     return _modified_entropy_from_log_probs(np.log(np.maximum(p, MIN_PROB)), labels)
 
@@ -262,7 +263,8 @@ class AttackInputs:
                     if arr.ndim == 2 and arr.shape[1] == 1:
                         arr = arr[:, 0]
                     if arr.ndim not in (1, 2) or (arr.ndim == 2 and arr.shape[1] < 2):
-                        raise InputValidationError(f"{name} must have shape [N, C] (C >= 2) or [N], got {arr.shape}")
+                        raise InputValidationError(
+                            f"{name} must have shape [N, C] (C >= 2) or [N], got {arr.shape}")
                     if kind == "probs" and ((arr < 0).any() or (arr > 1).any()):
                         bad = int(((arr < 0) | (arr > 1)).sum())
                         raise InputValidationError(f"{name}: {bad} values outside [0, 1]")
@@ -406,7 +408,7 @@ class AttackInputs:
             if getattr(self, f"logits_{side}") is not None:
                 return log_softmax(getattr(self, f"logits_{side}"))
             if getattr(self, f"probs_{side}") is not None:
-                return np.log(np.maximum(_as_2d_probs(getattr(self, f"probs_{side}")), MIN_PROB))
+                return np.log(np.maximum(as_2d_probs(getattr(self, f"probs_{side}")), MIN_PROB))
             return None
         return self._cached(f"log_probs_{side}", compute)
 
@@ -416,7 +418,7 @@ class AttackInputs:
 
         def compute():
             if getattr(self, f"probs_{side}") is not None:
-                return _as_2d_probs(getattr(self, f"probs_{side}"))
+                return as_2d_probs(getattr(self, f"probs_{side}"))
             lp = self.log_probs(side)
             return None if lp is None else np.exp(lp)
         return self._cached(f"probs_{side}", compute)
@@ -434,7 +436,9 @@ class AttackInputs:
             if labels is None or not self.has_outputs:
                 raise InputValidationError("a loss is needed: give loss_* or logits/probs with labels")
             if getattr(self, f"logits_{side}") is not None:
-                return cross_entropy_from_logits(getattr(self, f"logits_{side}"), labels)
+                # Same numbers as cross_entropy_from_logits, reusing the cached log-softmax.
+                lsm = self.log_probs(side)
+                return 0.0 - lsm[np.arange(lsm.shape[0]), labels]
             return cross_entropy_from_probs(getattr(self, f"probs_{side}"), labels)
         return self._cached(f"loss_{side}", compute)
 
@@ -452,7 +456,7 @@ class AttackInputs:
                 raise InputValidationError(
                     "threshold_entropy needs entropy_* or logits/probs with labels")
             if getattr(self, f"logits_{side}") is not None:
-                return modified_entropy_from_logits(getattr(self, f"logits_{side}"), labels)
+                return _modified_entropy_from_log_probs(self.log_probs(side), labels)
             return modified_entropy(getattr(self, f"probs_{side}"), labels)
         return self._cached(f"entropy_{side}", compute)
 
@@ -461,10 +465,10 @@ class AttackInputs:
         _check_side(side)
         out = getattr(self, f"logits_{side}")
         if out is not None:
-            return self._cached(f"pred_{side}", lambda: np.argmax(_as_2d_logits(out), axis=1))
+            return self._cached(f"pred_{side}", lambda: np.argmax(as_2d_logits(out), axis=1))
         out = getattr(self, f"probs_{side}")
         if out is not None:
-            return self._cached(f"pred_{side}", lambda: np.argmax(_as_2d_probs(out), axis=1))
+            return self._cached(f"pred_{side}", lambda: np.argmax(as_2d_probs(out), axis=1))
         return None
 
     def accuracy(self, side: str) -> Optional[float]:
@@ -567,8 +571,10 @@ class AttackInputs:
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
         except ValueError as e:
-            raise InputValidationError(f"{path}: cannot read as .npz without pickle ({e})") from None
-        except (OSError, EOFError) as e:
+            # np.load says "pickled data" both for object arrays and for files that are no .npz at all.
+            raise InputValidationError(
+                f"{path}: not an .npz archive of numeric arrays; pickled objects are refused ({e})") from None
+        except (OSError, EOFError, zipfile.BadZipFile) as e:
             raise InputValidationError(f"{path}: not a readable .npz file ({e})") from None
         return cls.from_arrays(arrays, source=path)
 
@@ -667,3 +673,30 @@ def _arrow_to_numpy(col, name: str, path: str) -> np.ndarray:
             flat = col.flatten().to_numpy(zero_copy_only=False)
         return np.asarray(flat).reshape(n, width)
     return np.asarray(col.to_numpy(zero_copy_only=False))
+
+
+def synthetic_inputs(n_members: int, n_nonmembers: Optional[int] = None, n_classes: int = 10, *,
+                     gap: float = 1.0, seed: int = 0, noise_scale: float = 2.0, true_class_mean: float = 2.0,
+                     true_class_sd: float = 1.5, decimals: Optional[int] = None,
+                     dtype=np.float64) -> AttackInputs:
+    """Seeded synthetic model outputs with a member/non-member gap, for tests, benchmarks and demos.
+
+    Labels are uniform over ``n_classes``; logits are N(0, noise_scale^2) plus, on the true class,
+    N(true_class_mean + gap, true_class_sd^2) for members and N(true_class_mean, true_class_sd^2) for
+    non-members, so members have lower losses, like the training set of an over-fitted model (gap = 0:
+    no leakage). ``decimals`` rounds the logits (to create tied losses).
+    """
+    rng = np.random.default_rng(seed)
+    n_nonmembers = n_members if n_nonmembers is None else n_nonmembers
+
+    def side(n: int, boost: float):
+        labels = rng.integers(0, n_classes, n)
+        logits = rng.normal(0.0, noise_scale, (n, n_classes))
+        logits[np.arange(n), labels] += rng.normal(true_class_mean + boost, true_class_sd, n)
+        if decimals is not None:
+            logits = np.round(logits, decimals)
+        return logits.astype(dtype), labels
+
+    lm, ym = side(n_members, gap)
+    ln, yn = side(n_nonmembers, 0.0)
+    return AttackInputs(logits_members=lm, labels_members=ym, logits_nonmembers=ln, labels_nonmembers=yn)

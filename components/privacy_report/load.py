@@ -1,9 +1,9 @@
 """Readers for the report's inputs: attack results JSON, privacy ledger JSON, blessing JSON.
 
-The schemas are DESIGN.md's "Attack results JSON" and CONTRACTS.md's "Privacy ledger JSON".
-Every reader accepts a path or an already-parsed dict, validates what the report uses, and
-raises `ReportInputError` naming the file and the field when something is wrong, so a broken
-upstream artifact is found at once rather than as a odd-looking plot.
+The schemas are DESIGN.md's "Attack results JSON" (validated by membership_inference.results, its
+owner) and CONTRACTS.md's "Privacy ledger JSON". Every reader accepts a path or an already-parsed
+dict and raises `ReportInputError` naming the file and the field when something is wrong, so a
+broken upstream artifact is found at once rather than as an odd-looking plot.
 
 No TFX here: this is plain Python usable on any saved results.
 """
@@ -17,7 +17,8 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Union
 
-RESULTS_SCHEMA_VERSION = 1
+from components.membership_inference import results as results_schema
+
 LEDGER_SCHEMA_VERSION = 1
 # The false-positive rate of the headline "TPR at low FPR" metric (0.1 %).
 HEADLINE_FPR = 0.001
@@ -78,6 +79,8 @@ class ResultsFile:
     is_final: bool | None
     results: tuple[AttackResult, ...]
     metadata: Mapping[str, Any]
+    # Slices the evaluator did not attack (too few examples...): {"slice", "n_members", "n_nonmembers", "reason"}.
+    skipped_slices: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +90,7 @@ class Ledger:
     source: str
     model_variant: str
     private: bool
-    epsilon: float | None  # final ε; None means infinite (non-private)
+    epsilon: float | None  # final ε; None means infinite (non-private, or private without noise)
     delta: float | None
     noise_multiplier: float | None
     accountant: str | None
@@ -140,9 +143,9 @@ def slice_sort_key(slice_spec: Mapping[str, Any]) -> tuple:
 # --------------------------------------------------------------------------- helpers
 
 
-def _load_json(source: PathOrDict, kind: str) -> tuple[dict, str]:
+def _load_json(source: PathOrDict, kind: str, name: str | None = None) -> tuple[dict, str]:
     if isinstance(source, Mapping):
-        return dict(source), f"<{kind} object>"
+        return dict(source), name or f"<{kind} object>"
     path = os.fspath(source)
     try:
         with open(path, encoding="utf-8") as f:
@@ -213,113 +216,88 @@ def _check_schema_version(data: Mapping, source: str, expected: int) -> None:
 # --------------------------------------------------------------------------- readers
 
 
-def _read_attack_result(entry: Any, source: str, field: str) -> AttackResult:
-    if not isinstance(entry, Mapping):
-        raise ReportInputError(source, field, f"must be an object, got {type(entry).__name__}")
-    spec = entry.get("slice")
-    if not isinstance(spec, Mapping) or not isinstance(spec.get("feature"), str):
-        raise ReportInputError(
-            source, f"{field}.slice", f"must be an object with a string 'feature', got {spec!r}")
-    attack = _string(entry, "attack", source, f"{field}.attack")
-
-    tpr = entry.get("tpr_at_fpr", {})
-    if tpr is None:
-        tpr = {}
-    if not isinstance(tpr, Mapping):
-        raise ReportInputError(source, f"{field}.tpr_at_fpr", f"must be an object, got {tpr!r}")
-    tpr_at_fpr = {}
-    for key in tpr:
-        try:
-            float(key)
-        except ValueError:
-            raise ReportInputError(
-                source, f"{field}.tpr_at_fpr", f"keys must be FPR values like \"0.001\", got {key!r}") from None
-        value = _number(tpr, key, source, f"{field}.tpr_at_fpr.{key}", required=False, lo=0.0, hi=1.0)
-        if value is not None:
-            tpr_at_fpr[str(key)] = value
-
-    roc_fpr: tuple[float, ...] = ()
-    roc_tpr: tuple[float, ...] = ()
-    roc = entry.get("roc")
-    if roc is not None:
-        if not isinstance(roc, Mapping):
-            raise ReportInputError(source, f"{field}.roc", f"must be an object with 'fpr' and 'tpr', got {roc!r}")
-        curves = []
-        for axis in ("fpr", "tpr"):
-            values = roc.get(axis)
-            if not isinstance(values, list) or not all(_is_number(v) for v in values):
-                raise ReportInputError(source, f"{field}.roc.{axis}", "must be a list of numbers")
-            curves.append(tuple(float(v) for v in values))
-        if len(curves[0]) != len(curves[1]):
-            raise ReportInputError(
-                source, f"{field}.roc",
-                f"'fpr' and 'tpr' differ in length ({len(curves[0])} != {len(curves[1])})")
-        roc_fpr, roc_tpr = curves
-
+def _attack_result(entry: Mapping[str, Any]) -> AttackResult:
+    # `entry` has passed membership_inference.results.validate_results.
+    roc = entry.get("roc") or {}
+    tpr = entry.get("tpr_at_fpr") or {}
     return AttackResult(
-        slice=dict(spec),
-        attack=attack,
-        auc=_number(entry, "auc", source, f"{field}.auc", lo=0.0, hi=1.0),
-        attacker_advantage=_number(
-            entry, "attacker_advantage", source, f"{field}.attacker_advantage", lo=0.0, hi=1.0),
-        n_members=_integer(entry, "n_members", source, f"{field}.n_members", required=False),
-        n_nonmembers=_integer(entry, "n_nonmembers", source, f"{field}.n_nonmembers", required=False),
-        ppv=_number(entry, "ppv", source, f"{field}.ppv", required=False, lo=0.0, hi=1.0),
-        tpr_at_fpr=tpr_at_fpr,
-        epsilon_lower_bound=_number(
-            entry, "epsilon_lower_bound", source, f"{field}.epsilon_lower_bound",
-            required=False, lo=0.0, allow_inf=True),
-        roc_fpr=roc_fpr,
-        roc_tpr=roc_tpr,
+        slice=dict(entry["slice"]),
+        attack=entry["attack"],
+        auc=float(entry["auc"]),
+        attacker_advantage=float(entry["attacker_advantage"]),
+        n_members=entry.get("n_members"),
+        n_nonmembers=entry.get("n_nonmembers"),
+        ppv=None if entry.get("ppv") is None else float(entry["ppv"]),
+        tpr_at_fpr={str(k): float(v) for k, v in tpr.items() if v is not None},
+        # null = not computed, or infinite (strict JSON has no inf).
+        epsilon_lower_bound=None if entry.get("epsilon_lower_bound") is None else float(entry["epsilon_lower_bound"]),
+        roc_fpr=tuple(float(v) for v in roc.get("fpr", ())),
+        roc_tpr=tuple(float(v) for v in roc.get("tpr", ())),
     )
 
 
-def read_results(source: PathOrDict | ResultsFile) -> ResultsFile:
+def read_results(source: PathOrDict | ResultsFile, name: str | None = None) -> ResultsFile:
     """Read and validate one attack results file (path or parsed dict).
+
+    Args:
+      name: where a parsed dict came from, for error messages (default: the path).
+
+    The schema is checked by membership_inference.results (the schema's owner); this adds the
+    report's own needs (metadata.is_final) and converts to `ResultsFile`.
 
     Raises:
       ReportInputError: naming the file and field that is missing or malformed.
     """
     if isinstance(source, ResultsFile):
         return source
-    data, name = _load_json(source, "attack results")
-    _check_schema_version(data, name, RESULTS_SCHEMA_VERSION)
-    meta = data.get("metadata")
-    if not isinstance(meta, Mapping):
-        raise ReportInputError(name, "metadata", f"must be an object, got {meta!r}")
-    variant = _string(meta, "model_variant", name, "metadata.model_variant")
+    if isinstance(source, Mapping):
+        name, data = name or "<attack results object>", dict(source)
+        try:
+            results_schema.validate_results(data)
+        except results_schema.ResultsValidationError as e:
+            raise ReportInputError(name, None, str(e)) from None
+    else:
+        name = os.fspath(source)
+        try:
+            with open(name, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            raise ReportInputError(name, None, "attack results file not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ReportInputError(name, None, f"cannot read attack results file ({e})") from None
+        try:
+            # The error message starts with the file name already.
+            data = results_schema.loads_results(text, source=name)
+        except results_schema.ResultsValidationError as e:
+            raise ReportInputError(name, None, str(e).removeprefix(f"{name}: ")) from None
+    meta = data["metadata"]
     is_final = meta.get("is_final")
     if is_final is not None and not isinstance(is_final, bool):
         raise ReportInputError(name, "metadata.is_final", f"must be true or false, got {is_final!r}")
-    entries = data.get("results")
-    if not isinstance(entries, list):
-        raise ReportInputError(name, "results", f"must be a list, got {type(entries).__name__}")
-    if not entries:
-        raise ReportInputError(name, "results", "is empty: no attack was recorded")
-    results = tuple(_read_attack_result(e, name, f"results[{i}]") for i, e in enumerate(entries))
+    skipped = data.get("skipped_slices") or []
     return ResultsFile(
         source=name,
-        model_variant=variant,
-        epoch=_integer(meta, "epoch", name, "metadata.epoch", required=False),
-        accuracy_train=_number(meta, "accuracy_train", name, "metadata.accuracy_train",
-                               required=False, lo=0.0, hi=1.0),
-        accuracy_test=_number(meta, "accuracy_test", name, "metadata.accuracy_test",
-                              required=False, lo=0.0, hi=1.0),
-        epsilon=_number(meta, "epsilon", name, "metadata.epsilon", required=False, lo=0.0, allow_inf=True),
+        model_variant=meta["model_variant"],
+        epoch=meta.get("epoch"),
+        accuracy_train=meta.get("accuracy_train"),
+        accuracy_test=meta.get("accuracy_test"),
+        epsilon=meta.get("epsilon"),
         is_final=is_final,
-        results=results,
+        results=tuple(_attack_result(e) for e in data["results"]),
         metadata=dict(meta),
+        skipped_slices=tuple(dict(s) for s in skipped),
     )
 
 
-def read_ledger(source: PathOrDict | Ledger) -> Ledger:
+def read_ledger(source: PathOrDict | Ledger, name: str | None = None) -> Ledger:
     """Read and validate a privacy ledger (CONTRACTS.md "Privacy ledger JSON").
 
     The final ε is the ledger's top-level "epsilon" (null = infinite, i.e. non-private training).
+    `name` says where a parsed dict came from, for error messages.
     """
     if isinstance(source, Ledger):
         return source
-    data, name = _load_json(source, "privacy ledger")
+    data, name = _load_json(source, "privacy ledger", name)
     _check_schema_version(data, name, LEDGER_SCHEMA_VERSION)
     variant = _string(data, "model_variant", name, "model_variant")
     private = data.get("private")
@@ -336,8 +314,6 @@ def read_ledger(source: PathOrDict | Ledger) -> Ledger:
     epsilon = _number(data, "epsilon", name, "epsilon", required=False, lo=0.0, allow_inf=True)
     if epsilon is not None and math.isinf(epsilon):
         epsilon = None
-    if private and epsilon is None:
-        raise ReportInputError(name, "epsilon", "is null but the ledger says private=true")
     delta = _number(data, "delta", name, "delta", required=False, lo=0.0, hi=1.0)
     if private and delta is None:
         raise ReportInputError(name, "delta", "is null but the ledger says private=true")
@@ -355,16 +331,19 @@ def read_ledger(source: PathOrDict | Ledger) -> Ledger:
     )
 
 
-def read_blessing(source: PathOrDict | Blessing, model_variant: str | None = None) -> Blessing:
+def read_blessing(
+    source: PathOrDict | Blessing, model_variant: str | None = None, name: str | None = None
+) -> Blessing:
     """Read a blessing.json ({"blessed": bool, "failures": [...], "thresholds": {...}}).
 
     Args:
       model_variant: the variant it belongs to when the file itself does not say
         (e.g. taken from the artifact's custom property).
+      name: where a parsed dict came from, for error messages.
     """
     if isinstance(source, Blessing):
         return source
-    data, name = _load_json(source, "blessing")
+    data, name = _load_json(source, "blessing", name)
     blessed = data.get("blessed")
     if not isinstance(blessed, bool):
         raise ReportInputError(name, "blessed", f"must be true or false, got {blessed!r}")

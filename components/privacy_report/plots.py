@@ -16,9 +16,11 @@ import math
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+from matplotlib import dates as mdates
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from components.privacy_report.load import (
     HEADLINE_FPR,
@@ -39,7 +41,7 @@ METRIC_LABELS = {
 }
 TREND_METRICS = ("max_auc", "max_attacker_advantage", "epsilon_lower_bound")
 
-_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
+_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#d62728", "#17becf", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22")
 _LINESTYLES = ("-", "--", ":", "-.")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X")
@@ -168,6 +170,7 @@ def plot_by_epoch(variants: Mapping[str, VariantResults], metrics: Sequence[str]
                     label=mpl_text(f"{variant} · {attack}"))
         ax.set_title(METRIC_LABELS.get(metric, metric))
         ax.set_xlabel("Epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (max over slices)")
         ax.grid(True, alpha=0.3)
         if not series:
@@ -374,9 +377,11 @@ def plot_epsilon_comparison(variant_rows: Sequence[Mapping[str, Any]]) -> PlotDa
     top = max(finite, default=1.0) * 1.25 or 1.0
     for i, (eps, lb) in enumerate(zip(dp_eps, lower)):
         if math.isinf(eps):
+            why = "(no noise)" if variant_rows[i].get("private") else "(non-private)"
             ax_eps.bar(i - width / 2, top, width, color="white", edgecolor="#d62728", hatch="//")
-            ax_eps.text(i - width / 2, top * 0.5, "∞\n(non-private)", ha="center", va="center",
-                        fontsize=8, color="#d62728")
+            ax_eps.text(i - width / 2, top * 0.55, f"ε = ∞\n{why}", ha="center", va="center",
+                        fontsize=10, fontweight="bold", color="#b3261e",
+                        bbox={"facecolor": "white", "edgecolor": "none", "pad": 2})
         else:
             ax_eps.bar(i - width / 2, eps, width, color="#1f77b4")
             ax_eps.text(i - width / 2, eps, f"{eps:.3g}", ha="center", va="bottom", fontsize=8)
@@ -448,16 +453,23 @@ def plot_trend(history: Sequence[Mapping[str, Any]], metrics: Sequence[str] = TR
     panels = {m: trend_series(history, m) for m in metrics}
     names = list(dict.fromkeys(str(e["variant"]) for e in history))
     colors = _variant_colors(names)
-    fig = _new_figure(5.0 * len(metrics), 3.8)
+    fig = _new_figure(4.0 * len(metrics), 3.6)
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    all_dates = [parse_date(d) for series in panels.values() for dates, _ in series.values() for d in dates]
     for ax, metric in zip(axes, metrics):
         for variant, (dates, ys) in panels[metric].items():
             ax.plot([parse_date(d) for d in dates], ys, color=colors[variant], marker="o", markersize=4,
                     label=mpl_text(variant))
+        if all_dates and max(all_dates) - min(all_dates) < dt.timedelta(seconds=2):
+            # Date locators cannot tick a zero-width range: widen it to a day.
+            ax.set_xlim(min(all_dates) - dt.timedelta(hours=12), max(all_dates) + dt.timedelta(hours=12))
         ax.set_title(METRIC_LABELS.get(metric, metric))
         ax.set_xlabel("Run date")
         ax.grid(True, alpha=0.3)
-        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+        locator = mdates.AutoDateLocator(maxticks=6)
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+        ax.tick_params(axis="x", labelsize=8)
         if not panels[metric]:
             _no_data(ax, "no earlier runs")
         elif metric == metrics[0]:

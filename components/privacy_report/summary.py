@@ -153,7 +153,8 @@ def build_summary(
 def format_epsilon(epsilon: float | None, private: bool | None = None) -> str:
     """ε for people: "∞ (non-private)" when training was not private."""
     if epsilon is None or math.isinf(epsilon):
-        return "unknown" if private else "∞ (non-private)"
+        # A private run has infinite ε only without noise (the ledger writes it as null).
+        return "∞" if private else "∞ (non-private)"
     return f"{epsilon:.3g}"
 
 

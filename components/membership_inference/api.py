@@ -1,0 +1,256 @@
+"""Run membership-inference attacks on saved model outputs: the library entry point and the
+``privacy-audit attack`` subcommand.
+
+    privacy-audit attack --input FILE --output results.json [--attacks a,b] [--slicing by_class,...] [--seed N]
+
+FILE is ``.npz`` or Parquet (see :class:`~components.membership_inference.data.AttackInputs`). The output
+is the attack results JSON of DESIGN.md.
+
+Only the standard library is imported at module level, so that building the CLI parser stays fast; numpy,
+scipy and scikit-learn are imported when attacks run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    from components.membership_inference.attacks import AttackConfig
+    from components.membership_inference.data import AttackInputs
+    from components.membership_inference.slicing import SlicingSpec
+
+DEFAULT_ATTACKS = ("threshold", "logistic_regression")
+Progress = Callable[[str], None]
+
+
+class DuplicateExamplesWarning(UserWarning):
+    """Some examples appear among both members and non-members."""
+
+
+def _stderr_progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_attacks(inputs: "AttackInputs", attacks: Sequence[str] = DEFAULT_ATTACKS,
+                slicing: Optional["SlicingSpec"] = None, *, seed: int = 0, min_slice_size: int = 20,
+                metadata: Optional[Mapping[str, Any]] = None, config: Optional["AttackConfig"] = None,
+                delta: float = 1e-5, confidence: float = 0.95, fpr_targets: Sequence[float] = (0.01, 0.001),
+                roc_points: int = 200, progress: Optional[Progress] = None) -> Dict[str, Any]:
+    """Runs ``attacks`` on every slice of ``inputs`` and returns the results JSON object (validated).
+
+    Args:
+      inputs: members' and non-members' model outputs.
+      attacks: names from :data:`attacks.ATTACKS` (``threshold``, ``threshold_entropy``,
+        ``logistic_regression``, ``mlp``, ``random_forest``, ``knn``).
+      slicing: which slices (default: the entire data set only).
+      seed: seeds every random choice (trained attacks' folds, subsamples, models).
+      min_slice_size: slices with fewer members or non-members are skipped (listed in ``skipped_slices``;
+        trained attacks also skip, with an ``"attack"`` key, slices with fewer than 2 on a side).
+      metadata: merged into the output's metadata (``model_variant``, ``epoch``, ``epsilon``, ...).
+        ``accuracy_train``/``accuracy_test`` are computed from the outputs when not given.
+      config: trained-attack settings (folds, subsample caps, hyperparameter search).
+      delta, confidence: for ``epsilon_lower_bound``; fpr_targets: for ``tpr_at_fpr``.
+      progress: called with one line per slice and attack (e.g. ``print``); None: silent.
+    Returns the results object (``schema_version``, ``metadata``, ``results``, ``skipped_slices``).
+    Examples whose ids appear on both sides are counted in ``metadata.n_duplicate_examples`` and reported
+    with a :class:`DuplicateExamplesWarning`.
+    """
+    from components.membership_inference import attacks as attacks_mod
+    from components.membership_inference import metrics, results, slicing as slicing_mod
+
+    names = attacks_mod.check_attack_names(list(attacks))
+    spec = slicing if slicing is not None else slicing_mod.SlicingSpec()
+    config = config or attacks_mod.AttackConfig()
+    t_start = time.perf_counter()
+
+    n_dup = inputs.count_duplicates()
+    if n_dup:
+        warnings.warn(f"{n_dup} example ids appear among both members and non-members; membership of these "
+                      "examples is ambiguous and biases the metrics: deduplicate the inputs",
+                      DuplicateExamplesWarning, stacklevel=2)
+    for name in names:
+        if name == "threshold":
+            inputs.loss("members"), inputs.loss("nonmembers")  # fail early with a clear message
+        elif name == "threshold_entropy":
+            inputs.entropy("members"), inputs.entropy("nonmembers")
+
+    slices, skipped = slicing_mod.make_slices(inputs, spec, min_slice_size=min_slice_size)
+    prepared = attacks_mod.PreparedInputs(inputs, config)
+    wm, wn = inputs.sample_weight("members"), inputs.sample_weight("nonmembers")
+    import numpy as np
+
+    out: List[Dict[str, Any]] = []
+    total = len(slices) * len(names)
+    step = 0
+    for sl in slices:
+        label = np.concatenate([np.ones(sl.n_members, dtype=bool), np.zeros(sl.n_nonmembers, dtype=bool)])
+        weight = None
+        if wm is not None:
+            weight = np.concatenate([wm[sl.member_idx], wn[sl.nonmember_idx]])
+        for name in names:
+            step += 1
+            t0 = time.perf_counter()
+            if attacks_mod.ATTACKS[name].trained and min(sl.n_members, sl.n_nonmembers) < 2:
+                skipped.append({"slice": sl.spec, "attack": name, "n_members": sl.n_members,
+                                "n_nonmembers": sl.n_nonmembers,
+                                "reason": "a trained attack needs at least 2 members and 2 non-members"})
+                continue
+            sub_seed = _derived_seed(seed, sl.spec, name)
+            sm, sn = attacks_mod.attack_scores(name, prepared, sl.member_idx, sl.nonmember_idx, sub_seed)
+            m = metrics.attack_metrics(np.concatenate([sm, sn]), label, weight, delta=delta,
+                                       confidence=confidence, fpr_targets=fpr_targets, roc_points=roc_points)
+            entry: Dict[str, Any] = {"slice": sl.spec, "attack": name}
+            entry.update(m)
+            out.append(entry)
+            if progress is not None:
+                progress(f"[{step}/{total}] {slicing_mod.slice_name(sl.spec)} {name}: auc={m['auc']:.4f} "
+                         f"advantage={m['attacker_advantage']:.4f} ({time.perf_counter() - t0:.2f}s)")
+    if progress is not None:
+        for s in skipped:
+            progress(f"skipped {slicing_mod.slice_name(s['slice'])}: {s['reason']}")
+
+    md: Dict[str, Any] = {
+        "accuracy_train": inputs.accuracy("members"),
+        "accuracy_test": inputs.accuracy("nonmembers"),
+        "n_members": inputs.n_members,
+        "n_nonmembers": inputs.n_nonmembers,
+        "n_duplicate_examples": n_dup,
+        "attacks": names,
+        "slicing": spec.to_json(),
+        "seed": int(seed),
+        "min_slice_size": int(min_slice_size),
+        "delta": float(delta),
+        "confidence": float(confidence),
+        "seconds": round(time.perf_counter() - t_start, 3),
+    }
+    for key, value in (metadata or {}).items():
+        if value is not None or key not in md:
+            md[key] = value
+    return results.build_results(out, md, skipped)
+
+
+def _derived_seed(seed: int, slice_spec: Mapping[str, Any], attack: str) -> int:
+    """A stable per-(slice, attack) seed, so that adding a slice does not change the others' results."""
+    import json
+    import zlib
+
+    key = json.dumps([int(seed), dict(slice_spec), attack], sort_keys=True, default=str).encode()
+    return zlib.crc32(key) & 0x7FFFFFFF
+
+
+def load_inputs(path: str) -> "AttackInputs":
+    """Reads ``.npz`` or Parquet (``.parquet``/``.pq``) attack inputs."""
+    from components.membership_inference.data import AttackInputs
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"input file not found: {path}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"input must be a .npz or Parquet file, got a directory: {path}")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npz":
+        return AttackInputs.from_npz(path)
+    if ext in (".parquet", ".pq"):
+        return AttackInputs.from_parquet(path)
+    raise ValueError(f"unsupported input format {ext or '(no extension)'!r} for {path}: use .npz or .parquet")
+
+
+def attack_file(input_path: str, output_path: str, attacks: Sequence[str] = DEFAULT_ATTACKS,
+                slicing_names: Sequence[str] = (), seed: int = 0, min_slice_size: int = 20, *,
+                metadata: Optional[Mapping[str, Any]] = None, progress: Optional[Progress] = None,
+                **kwargs: Any) -> Dict[str, Any]:
+    """``privacy-audit attack``: reads inputs, runs the attacks, writes the results JSON atomically.
+
+    Args:
+      input_path: ``.npz`` or Parquet file (``logits_train``/``logits_test`` or ``probs_*``,
+        ``labels_*``, or ``loss_*``).
+      output_path: results JSON to write (parent directories are created).
+      attacks: attack names.
+      slicing_names: e.g. ``["by_class", "by_percentiles"]`` (the entire data set is always included).
+      seed, min_slice_size: as :func:`run_attacks`.
+      metadata: extra metadata (default model_variant: the input file's base name).
+      kwargs: passed to :func:`run_attacks` (delta, confidence, config, ...).
+    Returns the results object written.
+    """
+    from components.membership_inference import results
+    from components.membership_inference.slicing import SlicingSpec
+
+    spec = SlicingSpec.from_names(slicing_names)
+    inputs = load_inputs(input_path)
+    md = {"model_variant": os.path.splitext(os.path.basename(input_path))[0], "input": os.path.abspath(input_path)}
+    md.update(metadata or {})
+    obj = run_attacks(inputs, attacks, spec, seed=seed, min_slice_size=min_slice_size, metadata=md,
+                      progress=progress, **kwargs)
+    results.write_results(output_path, obj)
+    return obj
+
+
+def _split_list(text: Optional[str]) -> List[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def add_attack_arguments(parser) -> None:
+    """Registers the ``privacy-audit attack`` options on an argparse parser."""
+    parser.description = ("Membership-inference attacks on saved model outputs. FILE is .npz or Parquet with "
+                          "logits_train/logits_test (or probs_*) and labels_train/labels_test, or "
+                          "loss_train/loss_test (train = members, test = non-members).")
+    parser.add_argument("--input", required=True, metavar="FILE", help=".npz or .parquet attack inputs")
+    parser.add_argument("--output", required=True, metavar="RESULTS_JSON", help="attack results JSON to write")
+    parser.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
+                        help="comma-separated: threshold, threshold_entropy, logistic_regression, mlp, "
+                             "random_forest, knn (default: %(default)s)")
+    parser.add_argument("--slicing", default="",
+                        help="comma-separated: by_class, by_percentiles, by_classification_correctness, "
+                             "feature:<key> (the entire data set is always attacked)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
+    parser.add_argument("--min-slice-size", type=int, default=20,
+                        help="skip slices with fewer members or non-members (default: 20)")
+    parser.add_argument("--delta", type=float, default=1e-5, help="δ for the ε lower bound (default: 1e-5)")
+    parser.add_argument("--confidence", type=float, default=0.95,
+                        help="confidence of the ε lower bound (default: 0.95)")
+    parser.add_argument("--model-variant", default=None, help="metadata.model_variant (default: file name)")
+    parser.add_argument("--epoch", type=int, default=None, help="metadata.epoch")
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds of trained attacks")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def main_attack(args) -> int:
+    """Runs the subcommand from parsed arguments; prints a summary; returns the exit status (2 on a user
+    error, with a one-line message on stderr)."""
+    try:
+        if args.min_slice_size < 1:
+            raise ValueError(f"--min-slice-size must be >= 1, got {args.min_slice_size}")
+        if not 0.0 < args.confidence < 1.0:
+            raise ValueError(f"--confidence must be in (0, 1), got {args.confidence}")
+        if not 0.0 <= args.delta < 1.0:
+            raise ValueError(f"--delta must be in [0, 1), got {args.delta}")
+        from components.membership_inference.attacks import AttackConfig
+
+        config = AttackConfig(n_folds=args.folds)
+        md: Dict[str, Any] = {}
+        if args.model_variant is not None:
+            md["model_variant"] = args.model_variant
+        if args.epoch is not None:
+            md["epoch"] = args.epoch
+        t0 = time.perf_counter()
+        obj = attack_file(args.input, args.output, _split_list(args.attacks), _split_list(args.slicing),
+                          args.seed, args.min_slice_size, metadata=md,
+                          progress=None if args.quiet else _stderr_progress, delta=args.delta,
+                          confidence=args.confidence, config=config)
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        print(f"privacy-audit attack: error: {e}", file=sys.stderr)
+        return 2
+    results_list = obj["results"]
+    best = max(results_list, key=lambda r: r["auc"]) if results_list else None
+    print(f"wrote {args.output}: {len(results_list)} results, {len(obj['skipped_slices'])} skipped slices "
+          f"in {time.perf_counter() - t0:.1f}s")
+    if best is not None:
+        from components.membership_inference.slicing import slice_name
+
+        print(f"max auc {best['auc']:.4f} ({best['attack']}, {slice_name(best['slice'])}); "
+              f"max attacker_advantage {max(r['attacker_advantage'] for r in results_list):.4f}; "
+              f"max epsilon_lower_bound {max(r['epsilon_lower_bound'] for r in results_list):.3f}")
+    return 0

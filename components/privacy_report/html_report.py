@@ -1,0 +1,537 @@
+"""The privacy report: one self-contained HTML page, its plots as PNG files, and summary.json.
+
+The page has no external reference at all (plots are base64 data URIs, CSS is inline, and a
+Content-Security-Policy forbids scripts and network loads), so it can be archived or mailed as
+one file. Every value that comes from the data is escaped with `html.escape`: a slice or variant
+named "<script>…" shows as text.
+
+Outputs are written to temporary names in the output directory and moved into place with
+os.replace only when all of them are complete, so a crash never leaves a half-written file and
+an earlier run's report stays intact until the new one is ready.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from components.membership_inference.results import to_jsonable
+from components.privacy_report import plots as plots_lib
+from components.privacy_report.load import (
+    HEADLINE_FPR,
+    Blessing,
+    Ledger,
+    PathOrDict,
+    ReportInputError,
+    ResultsFile,
+    VariantResults,
+    group_by_variant,
+    index_ledgers,
+    read_blessing,
+    slice_label,
+)
+from components.privacy_report.summary import (
+    TPR_KEY,
+    build_summary,
+    format_epsilon,
+    format_number,
+)
+
+REPORT_FILE = "report.html"
+SUMMARY_FILE = "summary.json"
+# Every PNG the report can write; a stale one from an earlier run is removed after a new report.
+PLOT_NAMES = ("epsilon_comparison", "epoch_plot", "privacy_vs_accuracy", "roc_curves", "slice_heatmap", "trend")
+
+METRIC_EXPLANATIONS = (
+    ("DP ε (δ)", "The formal differential-privacy guarantee of training, computed by the privacy accountant "
+                 "for the given δ: smaller is more private, and ∞ means the model was trained without DP and "
+                 "has no formal guarantee."),
+    ("Attack AUC", "Area under the ROC curve of a membership-inference attack that tries to tell training "
+                   "examples (members) from unseen ones (non-members): 0.5 is random guessing, 1.0 is perfect "
+                   "inference."),
+    ("Attacker advantage", "The largest gap |TPR − FPR| over all attack thresholds, i.e. how much better than "
+                           "chance the attacker separates members from non-members (0 = no leakage, 1 = total)."),
+    ("TPR @ 0.1% FPR", "The share of training members the attacker identifies while wrongly flagging only 0.1% "
+                       "of non-members: the confident, low-false-alarm regime that matters for a real attack."),
+    ("Empirical ε lower bound", "The smallest ε consistent with the attack's measured true- and false-positive "
+                                "rates; it can never exceed a correct DP ε, so a larger value points to a bug."),
+    ("PPV", "Positive predictive value: the fraction of examples the attacker calls members that really are."),
+    ("Blessed", "Whether the final model passed the privacy thresholds of the evaluator's gate "
+                "(“no gate” when no thresholds were configured)."),
+)
+
+_CSS = """
+:root { --ink:#1d2330; --muted:#5b6475; --line:#dfe3ea; --bg:#f6f7f9; --accent:#1f5fbf;
+        --ok:#1e7d3a; --ok-bg:#e3f4e8; --bad:#b3261e; --bad-bg:#fbe6e4; --warn-bg:#fff4d6; }
+* { box-sizing: border-box; }
+body { margin:0; font-family: -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, "DejaVu Sans", sans-serif;
+       color:var(--ink); background:var(--bg); font-size:15px; line-height:1.45; }
+header { background:#17233a; color:#fff; padding:28px 40px 22px; }
+header h1 { margin:0 0 6px; font-size:26px; font-weight:600; overflow-wrap:break-word; }
+header .meta { color:#c5cedd; margin:0; font-size:14px; }
+main { max-width:1280px; margin:0 auto; padding:8px 40px 40px; }
+section { background:#fff; border:1px solid var(--line); border-radius:8px; margin:22px 0; padding:20px 24px; }
+h2 { font-size:19px; margin:0 0 10px; color:#17233a; }
+h3 { font-size:16px; margin:22px 0 8px; overflow-wrap:break-word; }
+p.lead { color:var(--muted); margin:0 0 12px; }
+.verdict { display:inline-block; margin-top:14px; padding:6px 14px; border-radius:999px; font-weight:600; font-size:14px; }
+.verdict.ok { background:var(--ok-bg); color:var(--ok); } .verdict.bad { background:var(--bad-bg); color:var(--bad); }
+.scroll { overflow-x:auto; }
+table { border-collapse:collapse; width:100%; font-size:14px; }
+th, td { padding:7px 9px; border-bottom:1px solid var(--line); text-align:left; vertical-align:top; }
+th { background:#eef1f6; font-weight:600; }
+td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap; }
+td.name { overflow-wrap:anywhere; font-weight:600; min-width:110px; max-width:240px; }
+.badge { display:inline-block; padding:2px 9px; border-radius:999px; font-size:12.5px; font-weight:600; white-space:nowrap; }
+.badge.ok { background:var(--ok-bg); color:var(--ok); } .badge.bad { background:var(--bad-bg); color:var(--bad); }
+.badge.none { background:#eceff3; color:var(--muted); }
+.badge.dp { background:#e4eefc; color:var(--accent); } .badge.nodp { background:#fdeee0; color:#a04a00; }
+dl.metrics { display:grid; grid-template-columns: 220px 1fr; gap:8px 18px; margin:0; }
+dl.metrics dt { font-weight:600; } dl.metrics dd { margin:0; color:#333a48; }
+figure { margin:6px 0 0; } figure img { max-width:100%; height:auto; border:1px solid var(--line); border-radius:4px; }
+figcaption { color:var(--muted); font-size:13.5px; margin-top:6px; }
+.warnings { background:var(--warn-bg); }
+.side { display:flex; gap:24px; align-items:flex-start; flex-wrap:wrap; }
+.side > div:first-child { flex: 0 1 620px; } .side > div:last-child { flex: 1 1 300px; min-width: 0; }
+.side h3 { margin-top:4px; }
+.small { font-size:13px; color:var(--muted); }
+details summary { cursor:pointer; color:var(--accent); margin:10px 0 6px; font-size:14px; }
+code { font-family: "SFMono-Regular", Menlo, Consolas, "DejaVu Sans Mono", monospace; font-size:12.5px; overflow-wrap:anywhere; }
+footer { color:var(--muted); font-size:12.5px; max-width:1240px; margin:0 auto; padding:0 40px 30px; }
+"""
+
+
+@dataclasses.dataclass
+class ReportOutputs:
+    """Paths written by `write_report`, the summary object and the plotted data."""
+
+    output_dir: str
+    html_path: str
+    summary_path: str
+    plot_paths: dict[str, str]
+    summary: dict[str, Any]
+    plots: dict[str, plots_lib.PlotData]
+
+
+def _e(value: Any) -> str:
+    """HTML-escape any value taken from data."""
+    return html.escape(str(value), quote=True)
+
+
+def normalize_blessings(
+    blessings: Mapping[str, Any] | Iterable[PathOrDict | Blessing] | None,
+) -> dict[str, Blessing]:
+    """Blessings keyed by variant.
+
+    Accepts {variant: Blessing | bool | blessing dict | path} or an iterable of Blessing / blessing
+    dicts / paths that name their "model_variant".
+    """
+    if not blessings:
+        return {}
+    out: dict[str, Blessing] = {}
+    if isinstance(blessings, Mapping):
+        for variant, value in blessings.items():
+            if isinstance(value, bool):
+                value = Blessing(source="<argument>", blessed=value, failures=(), thresholds={},
+                                 model_variant=variant)
+            out[str(variant)] = read_blessing(value, model_variant=str(variant))
+        return out
+    for value in blessings:
+        blessing = read_blessing(value)
+        if blessing.model_variant is None:
+            raise ReportInputError(blessing.source, "model_variant",
+                                   "missing: cannot tell which model variant this blessing is for")
+        out[blessing.model_variant] = blessing
+    return out
+
+
+# --------------------------------------------------------------------------- HTML pieces
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
+
+
+def _figure(png: bytes | None, alt: str, caption: str) -> str:
+    if png is None:
+        return ""
+    return f"<figure>{_img(png, alt)}<figcaption>{caption}</figcaption></figure>"
+
+
+def _gate_badge(row: Mapping[str, Any]) -> str:
+    if not row.get("gate_evaluated"):
+        return '<span class="badge none">no gate</span>'
+    if row.get("blessed"):
+        return '<span class="badge ok">blessed</span>'
+    return '<span class="badge bad">not blessed</span>'
+
+
+def _lower_bound_text(row: Mapping[str, Any]) -> str:
+    if row.get("epsilon_lower_bound_infinite"):
+        return "∞"
+    return format_number(row.get("epsilon_lower_bound"), 2)
+
+
+def _epsilon_cell(row: Mapping[str, Any]) -> str:
+    text = _e(format_epsilon(row.get("epsilon"), row.get("private")))
+    if row.get("delta") is not None:
+        delta = format(row["delta"], ".2g")
+        text += f'<br><span class="small">δ = {_e(delta)}</span>'
+    return text
+
+
+def _summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    head = ("<tr><th>Variant</th><th>Training</th><th class=num>DP ε</th><th class=num>Test accuracy</th>"
+            "<th class=num>Max AUC</th><th class=num>Max advantage</th><th class=num>TPR @ 0.1% FPR</th>"
+            "<th class=num>ε lower bound</th><th>Most vulnerable slice</th><th>Blessed</th></tr>")
+    body = []
+    for r in rows:
+        training = ('<span class="badge dp">DP-SGD</span>' if r.get("private")
+                    else '<span class="badge nodp">non-private</span>')
+        worst = r.get("most_vulnerable")
+        worst_text = "–" if not worst else (f"{_e(worst['slice_label'])}<br>"
+                                            f"<span class=small>{_e(worst['attack'])}</span>")
+        body.append(
+            f"<tr><td class=name>{_e(r['name'])}</td><td>{training}</td>"
+            f"<td class=num>{_epsilon_cell(r)}</td>"
+            f"<td class=num>{_e(format_number(r.get('test_accuracy')))}</td>"
+            f"<td class=num>{_e(format_number(r.get('max_auc')))}</td>"
+            f"<td class=num>{_e(format_number(r.get('max_attacker_advantage')))}</td>"
+            f"<td class=num>{_e(format_number(r.get(TPR_KEY)))}</td>"
+            f"<td class=num>{_e(_lower_bound_text(r))}</td>"
+            f"<td>{worst_text}</td><td>{_gate_badge(r)}</td></tr>")
+    return f'<div class="scroll"><table>{head}{"".join(body)}</table></div>'
+
+
+def _metrics_list() -> str:
+    items = "".join(f"<dt>{name}</dt><dd>{text}</dd>" for name, text in METRIC_EXPLANATIONS)
+    return f'<dl class="metrics">{items}</dl>'
+
+
+def _auc_cell(value: float | None, worst: bool) -> str:
+    if value is None:
+        return "<td class=num>–</td>"
+    # Shade from white (0.5, random guessing) to red (1.0, perfect inference); a number, not data text.
+    alpha = min(max((value - 0.5) / 0.5, 0.0), 1.0) * 0.75
+    style = f' style="background:rgba(214,39,40,{alpha:.2f})"'
+    text = _e(format_number(value))
+    return f"<td class=num{style}>{'<b>' + text + '</b>' if worst else text}</td>"
+
+
+def _slice_table(final: ResultsFile) -> str:
+    """Per-slice table of one model: AUC per attack, then the slice's worst other metrics."""
+    slices, attacks, matrix = plots_lib.slice_matrix(final, "auc")
+    by_slice: dict[str, list] = {}
+    for r in final.results:
+        by_slice.setdefault(r.slice_label, []).append(r)
+    worst = max((v for row in matrix for v in row if v is not None), default=None)
+    head = ("<tr><th>Slice</th><th class=num>Members</th><th class=num>Non-members</th>"
+            + "".join(f"<th class=num>AUC: {_e(a)}</th>" for a in attacks)
+            + "<th class=num>Max advantage</th><th class=num>Max TPR @ 0.1% FPR</th>"
+              "<th class=num>Max ε lower bound</th></tr>")
+    body = []
+    for label, row in zip(slices, matrix):
+        rs = by_slice[label]
+        members = next((r.n_members for r in rs if r.n_members is not None), None)
+        nonmembers = next((r.n_nonmembers for r in rs if r.n_nonmembers is not None), None)
+        bounds = [r.epsilon_lower_bound for r in rs if r.epsilon_lower_bound is not None]
+        lb = max(bounds) if bounds else None
+        tprs = [t for t in (r.tpr_at(HEADLINE_FPR) for r in rs) if t is not None]
+        body.append(
+            f"<tr><td>{_e(label)}</td>"
+            f"<td class=num>{_e('–' if members is None else members)}</td>"
+            f"<td class=num>{_e('–' if nonmembers is None else nonmembers)}</td>"
+            + "".join(_auc_cell(v, v is not None and v == worst) for v in row)
+            + f"<td class=num>{_e(format_number(max(r.attacker_advantage for r in rs)))}</td>"
+              f"<td class=num>{_e(format_number(max(tprs) if tprs else None))}</td>"
+              f"<td class=num>{_e('∞' if lb is not None and math.isinf(lb) else format_number(lb, 2))}</td></tr>")
+    return f'<div class="scroll"><table>{head}{"".join(body)}</table></div>'
+
+
+def _skipped_note(final: ResultsFile) -> str:
+    if not final.skipped_slices:
+        return ""
+    items = []
+    for s in final.skipped_slices:
+        spec = s.get("slice")
+        label = slice_label(spec) if isinstance(spec, Mapping) else str(spec)
+        items.append(f"{_e(label)} ({_e(s.get('reason', 'no reason given'))})")
+    return f'<p class="small">Slices not attacked: {"; ".join(items)}.</p>'
+
+
+def _results_table(final: ResultsFile) -> str:
+    """Every (slice, attack) result of one model, most vulnerable first."""
+    head = ("<tr><th>Slice</th><th>Attack</th><th class=num>Members</th><th class=num>Non-members</th>"
+            "<th class=num>AUC</th><th class=num>Advantage</th><th class=num>PPV</th>"
+            "<th class=num>TPR @ 1% FPR</th><th class=num>TPR @ 0.1% FPR</th><th class=num>ε lower bound</th></tr>")
+    ordered = sorted(final.results, key=lambda r: (-r.auc, -r.attacker_advantage, r.slice_label, r.attack))
+    body = []
+    for r in ordered:
+        lb = r.epsilon_lower_bound
+        lb_text = "∞" if lb is not None and math.isinf(lb) else format_number(lb, 2)
+        body.append(
+            f"<tr><td>{_e(r.slice_label)}</td><td>{_e(r.attack)}</td>"
+            f"<td class=num>{_e('–' if r.n_members is None else r.n_members)}</td>"
+            f"<td class=num>{_e('–' if r.n_nonmembers is None else r.n_nonmembers)}</td>"
+            f"<td class=num>{_e(format_number(r.auc))}</td>"
+            f"<td class=num>{_e(format_number(r.attacker_advantage))}</td>"
+            f"<td class=num>{_e(format_number(r.ppv))}</td>"
+            f"<td class=num>{_e(format_number(r.tpr_at(0.01)))}</td>"
+            f"<td class=num>{_e(format_number(r.tpr_at(HEADLINE_FPR)))}</td>"
+            f"<td class=num>{_e(lb_text)}</td></tr>")
+    return (f"<details><summary>All {len(ordered)} results (slice × attack), most vulnerable first</summary>"
+            f'<div class="scroll"><table>{head}{"".join(body)}</table></div></details>')
+
+
+def _vulnerable_table(variants: Mapping[str, VariantResults]) -> str:
+    """Beside the ROC plot: which slice and attack each curve is, and its low-FPR numbers."""
+    body = []
+    for name, variant in variants.items():
+        r = plots_lib.most_vulnerable(variant.final.results, require_roc=True)
+        if r is None:
+            continue
+        body.append(
+            f"<tr><td class=name>{_e(name)}</td><td>{_e(r.slice_label)}</td><td>{_e(r.attack)}</td>"
+            f"<td class=num>{_e(format_number(r.auc))}</td>"
+            f"<td class=num>{_e(format_number(r.tpr_at(HEADLINE_FPR)))}</td></tr>")
+    head = ("<tr><th>Variant</th><th>Slice</th><th>Attack</th><th class=num>AUC</th>"
+            "<th class=num>TPR @ 0.1% FPR</th></tr>")
+    return f'<div class="scroll"><table>{head}{"".join(body)}</table></div>'
+
+
+def _pretty_time(value: Any) -> str:
+    """"2024-06-01T12:00:00+00:00" -> "2024-06-01 12:00 UTC"; a bare date stays a date."""
+    text = str(value)
+    try:
+        parsed = plots_lib.parse_date(text)
+    except ValueError:
+        return text
+    return parsed.strftime("%Y-%m-%d %H:%M %Z").strip() if "T" in text or " " in text.strip() else text
+
+
+def _trend_table(trend: Sequence[Mapping[str, Any]]) -> str:
+    head = ("<tr><th>Run</th><th>Date</th><th>Variant</th><th class=num>Max AUC</th>"
+            "<th class=num>Max advantage</th><th class=num>ε lower bound</th></tr>")
+    ordered = sorted(trend, key=lambda t: (plots_lib.parse_date(str(t["date"])), str(t["variant"])))
+    body = "".join(
+        f"<tr><td><code>{_e(t.get('run_id'))}</code></td><td>{_e(_pretty_time(t.get('date')))}</td><td>{_e(t.get('variant'))}</td>"
+        f"<td class=num>{_e(format_number(t.get('max_auc')))}</td>"
+        f"<td class=num>{_e(format_number(t.get('max_attacker_advantage')))}</td>"
+        f"<td class=num>{_e(format_number(t.get('epsilon_lower_bound'), 2))}</td></tr>"
+        for t in ordered)
+    return f"<table>{head}{body}</table>"
+
+
+def _failures_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    body = []
+    for r in rows:
+        for f in r.get("gate_failures", []):
+            spec = f.get("slice")
+            where = slice_label(spec) if isinstance(spec, Mapping) else ("–" if spec is None else spec)
+            value, threshold = f.get("value"), f.get("threshold")
+            body.append(
+                f"<tr><td class=name>{_e(r['name'])}</td><td>{_e(where)}</td><td>{_e(f.get('attack', '–'))}</td>"
+                f"<td>{_e(f.get('metric', '–'))}</td>"
+                f"<td class=num>{_e(format_number(value) if isinstance(value, (int, float)) else value)}</td>"
+                f"<td class=num>{_e(format_number(threshold) if isinstance(threshold, (int, float)) else threshold)}"
+                f"</td></tr>")
+    if not body:
+        return ""
+    head = ("<tr><th>Variant</th><th>Slice</th><th>Attack</th><th>Metric</th><th class=num>Value</th>"
+            "<th class=num>Threshold</th></tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def render_html(
+    summary: Mapping[str, Any], variants: Mapping[str, VariantResults], pngs: Mapping[str, bytes]
+) -> str:
+    """The report page (a str), from the summary, the grouped results and the plots' PNG bytes."""
+    rows = summary["variants"]
+    title = summary.get("title", "Privacy audit report")
+    gated = [r for r in rows if r.get("gate_evaluated")]
+    failed = sum(1 for r in gated if not r["blessed"])
+    ungated = f" ({len(rows) - len(gated)} without a gate)" if len(gated) < len(rows) else ""
+    if not gated:
+        verdict = '<div class="verdict ok">No privacy gate configured</div>'
+    elif failed:
+        verdict = f'<div class="verdict bad">{failed} of {len(gated)} gated variant(s) failed the privacy gate{ungated}</div>'
+    else:
+        verdict = f'<div class="verdict ok">All {len(gated)} gated variant(s) passed the privacy gate{ungated}</div>'
+
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        # Defence in depth beside escaping: no script, no network, only inline CSS and data: images.
+        '<meta http-equiv="Content-Security-Policy" '
+        "content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">",
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<header><h1>{_e(title)}</h1>",
+        f'<p class="meta">Generated {_e(_pretty_time(summary.get("generated_at", "")))} · {len(rows)} model variant(s) · '
+        f"membership-inference audit of the final models and of checkpoints during training</p>{verdict}</header>",
+        "<main>",
+        '<section id="summary"><h2>Summary of final models</h2>',
+        '<p class="lead">Each row is one model variant; empirical metrics are the maximum over every slice and '
+        "attack on the final model, ε is the accountant's final value from the training ledger.</p>",
+        _summary_table(rows), "</section>",
+        '<section id="metrics"><h2>What the metrics mean</h2>', _metrics_list(), "</section>",
+    ]
+    sections = (
+        ("epsilon_comparison", "Privacy guarantee vs measured leakage",
+         "Left: the DP ε each variant was trained with (hatched = no DP, ε = ∞) beside the empirical ε lower "
+         "bound the attacks prove. Right: the final model's worst-case attack metrics."),
+        ("epoch_plot", "Vulnerability during training",
+         "Attack AUC and attacker advantage at each evaluated epoch, the maximum over slices, one line per "
+         "variant and attack: leakage usually grows as the model fits its training data."),
+        ("privacy_vs_accuracy", "Privacy vs utility",
+         "The same worst-case metrics against test accuracy, one line per variant through its evaluated "
+         "checkpoints (star = final model): a steep line means accuracy gains cost much privacy."),
+        ("roc_curves", "ROC curves of the most vulnerable slices",
+         "ROC curve of each variant's most vulnerable (slice, attack) on the final model, on log-log axes to "
+         "show the low false-positive region; the dashed diagonal is random guessing."),
+        ("slice_heatmap", "Per-slice vulnerability",
+         "Attack AUC for every slice (rows) and attack (columns) of each variant's final model."),
+    )
+    for name, heading, caption in sections:
+        if name in pngs:
+            parts.append(f'<section id="{name}"><h2>{heading}</h2>')
+            if name == "roc_curves":
+                parts.append(f'<div class="side"><div>{_figure(pngs[name], heading, caption)}</div>'
+                             f"<div><h3>Most vulnerable slice per variant</h3>"
+                             f"{_vulnerable_table(variants)}</div></div>")
+            else:
+                parts.append(_figure(pngs[name], heading, caption))
+            if name == "slice_heatmap":
+                for vname, variant in variants.items():
+                    epoch = variant.final.epoch
+                    sub = f" (final model, epoch {_e(epoch)})" if epoch is not None else " (final model)"
+                    parts += [f"<h3>{_e(vname)}{sub}</h3>", _slice_table(variant.final),
+                              _skipped_note(variant.final), _results_table(variant.final)]
+            parts.append("</section>")
+    if summary.get("has_history") and "trend" in pngs:
+        parts += ['<section id="trend"><h2>Trend across audit runs</h2>',
+                  _figure(pngs["trend"], "Trend across audit runs",
+                          "Headline metrics of the final models at each audit run, one line per variant."),
+                  _trend_table(summary.get("trend", [])), "</section>"]
+    failures = _failures_table(rows)
+    if failures:
+        parts += ['<section id="gate"><h2>Privacy gate failures</h2>',
+                  '<p class="lead">Thresholds of the evaluator\'s gate that the final model exceeded.</p>',
+                  failures, "</section>"]
+    if summary.get("warnings"):
+        items = "".join(f"<li>{_e(w)}</li>" for w in summary["warnings"])
+        parts += [f'<section id="warnings" class="warnings"><h2>Warnings</h2><ul>{items}</ul></section>']
+    inputs = summary.get("inputs", {})
+    sources = "".join(f"<li><code>{_e(s)}</code></li>" for s in inputs.get("results", []) + inputs.get("ledgers", []))
+    parts += ["</main>",
+              f"<footer><details><summary>Input files</summary><ul>{sources}</ul></details>"
+              "<p>privacy-audit · PrivacyReportGenerator</p></footer>",
+              "</body></html>"]
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write_temp(directory: str, final_name: str, data: bytes) -> str:
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{final_name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp creates 0600; a report is meant to be read by others.
+        os.chmod(tmp, 0o644)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def write_report(
+    output_dir: str | os.PathLike,
+    results: Iterable[PathOrDict | ResultsFile],
+    ledgers: Iterable[PathOrDict | Ledger] = (),
+    history: Sequence[Mapping[str, Any]] | None = None,
+    title: str = "Privacy audit report",
+    *,
+    blessings: Mapping[str, Any] | Iterable[PathOrDict | Blessing] | None = None,
+    generated_at: str | None = None,
+    run_id: str = "current",
+) -> ReportOutputs:
+    """Write report.html, one PNG per plot and summary.json into `output_dir`.
+
+    Args:
+      output_dir: created if missing.
+      results: attack results files (paths, parsed dicts or load.ResultsFile), any number of
+        variants and epochs; variants are told apart by metadata.model_variant.
+      ledgers: privacy ledgers (paths, dicts or load.Ledger), matched by model_variant.
+      history: trend entries of earlier runs, {"run_id", "date" (ISO), "variant", "max_auc",
+        "max_attacker_advantage", "epsilon_lower_bound", ...}; the trend plot appears when given.
+      title: page title.
+      blessings: gate results, {variant: Blessing | bool | blessing dict | path} or an iterable of
+        blessings naming their model_variant; variants without one are "no gate" (blessed true).
+      generated_at: ISO time stamp of this run (default: now, UTC).
+      run_id: this run's id in the trend.
+
+    Returns:
+      ReportOutputs with the written paths, the summary dict and the PlotData of every plot.
+
+    Raises:
+      ReportInputError: an input is missing or malformed (names the file and field).
+    """
+    out = os.fspath(output_dir)
+    variants = group_by_variant(results)
+    summary = build_summary(variants, index_ledgers(ledgers), normalize_blessings(blessings), history,
+                            title=title, generated_at=generated_at, run_id=run_id)
+    # Strict JSON: a non-finite number (an infinite ε lower bound) becomes null.
+    summary = to_jsonable(summary)
+
+    plots = [
+        plots_lib.plot_epsilon_comparison(summary["variants"]),
+        plots_lib.plot_by_epoch(variants),
+        plots_lib.plot_privacy_vs_accuracy(variants),
+        plots_lib.plot_roc(variants),
+        plots_lib.plot_slice_heatmap(variants),
+    ]
+    if summary["has_history"]:
+        plots.append(plots_lib.plot_trend(summary["trend"]))
+    pngs = {p.name: p.png_bytes() for p in plots}
+    page = render_html(summary, variants, pngs)
+    summary_bytes = json.dumps(summary, indent=2, ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+    os.makedirs(out, exist_ok=True)
+    # Plots first, then summary.json, and report.html last: it is the entry point readers open.
+    files = [(f"{name}.png", data) for name, data in pngs.items()]
+    files += [(SUMMARY_FILE, summary_bytes), (REPORT_FILE, page.encode("utf-8"))]
+    temps: list[tuple[str, str]] = []
+    try:
+        for name, data in files:
+            temps.append((_write_temp(out, name, data), os.path.join(out, name)))
+    except BaseException:
+        for tmp, _ in temps:
+            os.unlink(tmp)
+        raise
+    for tmp, final in temps:
+        os.replace(tmp, final)
+    for name in PLOT_NAMES:
+        if name not in pngs:
+            stale = os.path.join(out, f"{name}.png")
+            if os.path.exists(stale):
+                os.remove(stale)
+    return ReportOutputs(
+        output_dir=out,
+        html_path=os.path.join(out, REPORT_FILE),
+        summary_path=os.path.join(out, SUMMARY_FILE),
+        plot_paths={name: os.path.join(out, f"{name}.png") for name in pngs},
+        summary=summary,
+        plots={p.name: p for p in plots},
+    )
