@@ -1,0 +1,120 @@
+"""Cost of K reference models (LiRA / RMIA) against one training run, on the digits data.
+
+    .venv/bin/python benchmarks/reference_models_cost.py [--k 4] [--n-jobs 1] [--compare-n-jobs] [--private]
+
+Workload: scikit-learn's digits (1797 8x8 images, 10 classes, pixels scaled to [0, 1]); the target is the
+project's built-in MLP (64-128-128-10) trained on a seeded random half of the data (its members; the other
+half are non-members) with Adam (``--learning-rate``, default 1e-3), batch 64, ``--epochs`` epochs; plain
+Keras ``fit``, or the project's DP-SGD loop with ``--private`` (σ = 1.0, C = 1.0, Poisson batches).
+One training run = building the target, training it and computing its logits on the 1797 examples.
+The references: :func:`reference_models.train_reference_models` with the same recipe on balanced random
+halves of the 1797 examples (so each reference trains on as many examples as the target), plus LiRA and
+RMIA scoring. A warm-up fit of one epoch runs first, untimed, so that TensorFlow's one-time start-up is
+charged to neither side. ``--compare-n-jobs`` also times the references with 2 worker processes.
+
+Prints wall times and the attacks' AUCs; the last line is ``ref_cost_over_one_run=<ratio>`` (the
+references' wall time at ``--n-jobs`` over the one training run's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+
+def build_mlp():
+    """The project's built-in MLP for the digits' 64 features and 10 classes (module level: picklable)."""
+    from components.dp_trainer.models import mlp
+
+    return mlp(64, 10)
+
+
+def load_population():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int64)
+    member = np.random.default_rng(0).random(len(y)) < 0.5
+    return x, y, member
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--k", type=int, default=4, help="number of reference models")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--n-jobs", type=int, default=1, help="worker processes for the references")
+    parser.add_argument("--compare-n-jobs", action="store_true", help="also time the references with n_jobs=2")
+    parser.add_argument("--private", action="store_true", help="DP-SGD recipe (sigma 1.0, clip 1.0)")
+    args = parser.parse_args(argv)
+
+    import keras
+
+    from components.membership_inference import reference_models as rm
+    from components.membership_inference import strong_attacks as sa
+    from components.membership_inference.metrics import attack_metrics
+
+    x, y, member = load_population()
+    recipe = rm.TrainingRecipe(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                               private=args.private, noise_multiplier=1.0 if args.private else None,
+                               l2_norm_clip=1.0)
+    print(f"digits: {len(y)} examples, target members {int(member.sum())}; model mlp 64-128-128-10; "
+          f"{args.epochs} epochs, batch {args.batch_size}, lr {args.learning_rate}, "
+          f"{'DP-SGD sigma=1.0 C=1.0' if args.private else 'non-private'} ({recipe.backend}); "
+          f"{os.cpu_count()} CPU cores", flush=True)
+
+    # Warm-up (untimed): TensorFlow start-up, first tracing.
+    rm.train_one(build_mlp, x[:256], y[:256], x[:8], rm.TrainingRecipe(
+        epochs=1, batch_size=args.batch_size, learning_rate=args.learning_rate, private=args.private,
+        noise_multiplier=1.0 if args.private else None), seed=99)
+
+    t0 = time.perf_counter()
+    target_logits = rm.train_one(build_mlp, x[member], y[member], x, recipe, seed=12345)
+    one_run = time.perf_counter() - t0
+    print(f"one training run (target): {one_run:.2f}s", flush=True)
+
+    def references(n_jobs: int):
+        t = time.perf_counter()
+        signals, mask = rm.train_reference_models(
+            build_mlp, x, y, k=args.k, epochs=args.epochs, batch_size=args.batch_size,
+            learning_rate=args.learning_rate, seed=0, private=args.private,
+            noise_multiplier=1.0 if args.private else None, l2_norm_clip=1.0, n_jobs=n_jobs, verbose=True)
+        scores = {name: sa.score_with_references(target_logits, y, signals["logits"], mask, name)
+                  for name in ("lira", "rmia")}
+        scores["lira_fixed_variance"] = sa.score_with_references(target_logits, y, signals["logits"], mask,
+                                                                 "lira", fixed_variance=True)
+        return time.perf_counter() - t, scores
+
+    ref_seconds, scores = references(args.n_jobs)
+    print(f"{args.k} reference models + LiRA/RMIA scoring, n_jobs={args.n_jobs}: {ref_seconds:.2f}s "
+          f"({ref_seconds / args.k:.2f}s per model)", flush=True)
+    if args.compare_n_jobs:
+        other = 2 if args.n_jobs == 1 else 1
+        other_seconds, _ = references(other)
+        print(f"{args.k} reference models + scoring, n_jobs={other}: {other_seconds:.2f}s "
+              f"(n_jobs={other} / n_jobs={args.n_jobs}: {other_seconds / ref_seconds:.2f})", flush=True)
+
+    # p_y ranks examples exactly as minus the loss: the threshold attack's AUC.
+    loss_auc = attack_metrics(sa.true_class_probability(target_logits, y), member)["auc"]
+    print(f"AUC: threshold (loss) {loss_auc:.4f}, "
+          f"LiRA (online, K={args.k}) {attack_metrics(scores['lira'], member)['auc']:.4f}, "
+          f"LiRA fixed variance {attack_metrics(scores['lira_fixed_variance'], member)['auc']:.4f}, "
+          f"RMIA (online, K={args.k}) {attack_metrics(scores['rmia'], member)['auc']:.4f}")
+    print(f"one_run_seconds={one_run:.3f}")
+    print(f"references_seconds={ref_seconds:.3f}")
+    print(f"ref_cost_over_one_run={ref_seconds / one_run:.3f}")
+    keras.backend.clear_session()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
