@@ -32,7 +32,10 @@ def compile_pipeline(pipeline, output: str, image: str) -> Dict[str, Any]:
     import yaml
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner as v2
 
-    runner = v2.KubeflowV2DagRunner(config=v2.KubeflowV2DagRunnerConfig(default_image=image),
+    # Pipeline spec schema 2.1: parameters as `parameterType` / `runtimeValue.constant`, which is what the KFP 2.x
+    # backend resolves (it rejects 2.0's `constantValue`), and the executors read ExecutorInput.parameterValues.
+    runner = v2.KubeflowV2DagRunner(config=v2.KubeflowV2DagRunnerConfig(default_image=image,
+                                                                        use_pipeline_spec_2_1=True),
                                     output_dir=tempfile.mkdtemp(prefix="kfp-compile-"))
     job = runner.run(pipeline, write_out=False)
     spec = job["pipelineSpec"]
@@ -59,7 +62,9 @@ def main_compile(args: argparse.Namespace) -> int:
 
     if os.path.isdir(args.output):
         raise IsADirectoryError(f"--output {args.output} is a directory; give a file name such as pipeline.yaml")
-    ns = argparse.Namespace(**{k: None for k in run_mod.DEFAULTS}, config=args.config, noise_multiplier=None)
+    # Every settings key unset (None) so that only the config file and these flags override DEFAULTS.
+    ns = argparse.Namespace(**{k: None for k in run_mod.DEFAULTS})
+    ns.config = args.config
     ns.data, ns.label_key, ns.pipeline_name = args.data, args.label_key, args.pipeline_name
     ns.beam_pipeline_args = args.beam_pipeline_args
     s = run_mod.resolve_settings(ns)

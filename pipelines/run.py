@@ -220,9 +220,17 @@ class _Progress(logging.Handler):
 
 
 def _install_progress() -> _Progress:
+    # Beam's worker processes and TFX's launcher log every step at WARNING (unparseable args, unsupported
+    # MLMD predicates...): only errors reach the console, plus our progress lines and our own warnings.
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")
     root = logging.getLogger()
     for h in root.handlers:
-        h.setLevel(max(h.level, logging.WARNING))
+        h.setLevel(max(h.level, logging.ERROR))
+    ours = logging.StreamHandler(sys.stderr)
+    ours.setLevel(logging.WARNING)
+    for name in ("components", "pipelines"):
+        logging.getLogger(name).addHandler(ours)
     handler = _Progress()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
@@ -230,7 +238,7 @@ def _install_progress() -> _Progress:
         from absl import logging as absl_logging
 
         absl_logging.set_verbosity(absl_logging.INFO)
-        absl_logging.get_absl_handler().setLevel(logging.WARNING)
+        absl_logging.get_absl_handler().setLevel(logging.ERROR)
     except Exception:  # noqa: BLE001 - absl is optional for progress
         pass
     return handler
@@ -256,6 +264,9 @@ def _copy_report(report_uri: str, output_dir: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+REPORT_TYPE_NAME = "privacy_audit.PrivacyReport"  # components.privacy_report.component.PrivacyReport
+
+
 def latest_report_uri(metadata_path: str, pipeline_name: str) -> Optional[str]:
     """URI of the newest PrivacyReport artifact of ``pipeline_name`` in the SQLite ML Metadata store."""
     from ml_metadata import metadata_store
@@ -266,7 +277,7 @@ def latest_report_uri(metadata_path: str, pipeline_name: str) -> Optional[str]:
     cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
     store = metadata_store.MetadataStore(cfg)
     try:
-        arts = store.get_artifacts_by_type("PrivacyReport")
+        arts = store.get_artifacts_by_type(REPORT_TYPE_NAME)
     except Exception:  # noqa: BLE001 - no such type yet
         return None
     arts = [a for a in arts if a.state == metadata_store_pb2.Artifact.LIVE and os.path.exists(a.uri)]

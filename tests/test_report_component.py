@@ -20,7 +20,7 @@ from tfx.orchestration import metadata  # noqa: E402
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner  # noqa: E402
 from tfx.v1 import dsl  # noqa: E402
 
-from components.common.artifacts import (  # noqa: E402
+from components.privacy_report.component import (  # noqa: E402
     MembershipInferenceResults,
     ModelRun,
     PrivacyBlessing,

@@ -9,11 +9,22 @@ from tfx import types
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from components.common.artifacts import MembershipInferenceResults, ModelRun, PrivacyBlessing, PrivacyReport
+from tfx.types import standard_artifacts
+
+from components.membership_inference.component import MembershipInferenceResults, PrivacyBlessing
 from components.privacy_report import executor
 
 __all__ = ["MembershipInferenceResults", "PrivacyBlessing", "PrivacyReport", "PrivacyReportGenerator",
            "PrivacyReportGeneratorSpec", "input_keys"]
+
+ModelRun = standard_artifacts.ModelRun
+
+
+class PrivacyReport(types.Artifact):
+    """The privacy report: <uri>/report.html (self-contained), <uri>/summary.json, <uri>/*.png."""
+
+    TYPE_NAME = "privacy_audit.PrivacyReport"
+
 
 ChannelOrChannels = Union[types.BaseChannel, Sequence[types.BaseChannel]]
 INPUT_GROUPS = ("attack_results", "ledgers", "blessings")

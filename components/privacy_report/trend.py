@@ -21,7 +21,7 @@ from components.privacy_report.summary import trend_entries
 
 logger = logging.getLogger(__name__)
 
-# components.common.artifacts.PrivacyReport.TYPE_NAME (not imported: this module stays free of tfx).
+# components.privacy_report.component.PrivacyReport.TYPE_NAME (not imported: this module stays free of tfx).
 REPORT_TYPE_NAME = "privacy_audit.PrivacyReport"
 PIPELINE_CONTEXT_TYPE = "pipeline"
 PIPELINE_RUN_CONTEXT_TYPE = "pipeline_run"

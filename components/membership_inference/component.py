@@ -1,0 +1,133 @@
+"""MembershipInferenceEvaluator: the TFX component (spec and channel wiring only; the work is in
+executor.py and, below it, the TFX-free library beam_pipeline.py)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+from tfx import types
+from tfx.dsl.components.base import base_beam_component, executor_spec
+from tfx.types import standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+
+from components.membership_inference import executor
+from components.membership_inference.api import DEFAULT_ATTACKS
+
+DEFAULT_SLICING: Dict[str, Any] = {"entire_dataset": True, "by_class": True}
+
+
+
+class MembershipInferenceResults(types.Artifact):
+    """Attack results of one model variant: <uri>/index.json, <uri>/results/*.json (one results JSON per
+    evaluated checkpoint, schema in DESIGN.md), <uri>/per_example/ (Parquet).
+
+    Custom type names carry a namespace because KubeflowV2DagRunner only accepts "namespace.TypeName".
+    """
+
+    TYPE_NAME = "privacy_audit.MembershipInferenceResults"
+
+
+class PrivacyBlessing(types.Artifact):
+    """Outcome of the privacy gate: <uri>/blessing.json, <uri>/BLESSED or NOT_BLESSED, property blessed."""
+
+    TYPE_NAME = "privacy_audit.PrivacyBlessing"
+
+class MembershipInferenceEvaluatorSpec(types.ComponentSpec):
+    """Lists and dicts cross the component boundary as JSON strings."""
+
+    PARAMETERS = {
+        "label_key": ExecutionParameter(type=str),
+        "feature_keys": ExecutionParameter(type=str, optional=True),  # JSON list: model input features
+        "members_split": ExecutionParameter(type=str),
+        "nonmembers_split": ExecutionParameter(type=str),
+        "attacks": ExecutionParameter(type=str),  # JSON list
+        "slicing": ExecutionParameter(type=str),  # JSON object
+        "seed": ExecutionParameter(type=int),
+        "min_slice_size": ExecutionParameter(type=int),
+        "sample_size": ExecutionParameter(type=int),
+        "max_auc": ExecutionParameter(type=float, optional=True),
+        "max_attacker_advantage": ExecutionParameter(type=float, optional=True),
+        "max_epsilon_lower_bound": ExecutionParameter(type=float, optional=True),
+        "model_variant": ExecutionParameter(type=str, optional=True),
+        "write_per_example": ExecutionParameter(type=int),
+    }
+    INPUTS = {
+        "examples": ChannelParameter(type=standard_artifacts.Examples),
+        "model": ChannelParameter(type=standard_artifacts.Model),
+        "model_run": ChannelParameter(type=standard_artifacts.ModelRun, optional=True),
+    }
+    OUTPUTS = {
+        "attack_results": ChannelParameter(type=MembershipInferenceResults),
+        "blessing": ChannelParameter(type=PrivacyBlessing),
+    }
+
+
+class MembershipInferenceEvaluator(base_beam_component.BaseBeamComponent):
+    """Runs membership-inference attacks on a model's members (training split) and non-members.
+
+    Evaluates the final model and every checkpoint in ``<model>/checkpoints/index.json`` (so the report
+    can draw attack AUC by epoch), in one Beam pipeline: any runner through ``beam_pipeline_args``.
+
+    Outputs ``attack_results`` (MembershipInferenceResults: ``results/<variant>_epoch_NNNN.json``,
+    ``results/<variant>_final.json``, ``index.json``, ``per_example/``) and ``blessing`` (PrivacyBlessing:
+    the privacy gate on the final model: ``blessing.json``, ``BLESSED``/``NOT_BLESSED``, custom property
+    ``blessed``).
+    """
+
+    SPEC_CLASS = MembershipInferenceEvaluatorSpec
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
+
+    def __init__(self, examples: types.BaseChannel, model: types.BaseChannel,
+                 model_run: Optional[types.BaseChannel] = None, *, label_key: str,
+                 feature_keys: Optional[Union[Sequence[str], str]] = None, members_split: str = "train",
+                 nonmembers_split: str = "eval", attacks: Union[Sequence[str], str] = DEFAULT_ATTACKS,
+                 slicing: Optional[Union[Mapping[str, Any], str]] = None, seed: int = 0,
+                 min_slice_size: int = 20, sample_size: int = 20000, max_auc: Optional[float] = None,
+                 max_attacker_advantage: Optional[float] = None,
+                 max_epsilon_lower_bound: Optional[float] = None, model_variant: Optional[str] = None,
+                 write_per_example: bool = True):
+        """Args:
+          examples: Examples with the members' and non-members' splits.
+          model: the Model (keras/model.keras, checkpoints/, model_info.json).
+          model_run: optional ModelRun whose ledger.json gives ε per epoch.
+          label_key: the label feature.
+          feature_keys: model input features in order (default: model_info.json's input_features).
+          members_split, nonmembers_split: split names (members = the model's training split).
+          attacks: names, e.g. ["threshold", "logistic_regression"].
+          slicing: {"entire_dataset": bool, "by_class": bool | [ints], "by_percentiles": bool,
+            "by_classification_correctness": bool, "feature_keys": [names]} (default entire + by class).
+          seed: seeds samples and trained attacks.
+          min_slice_size: slices with fewer members or non-members are skipped.
+          sample_size: members and non-members sampled per slice for trained attacks.
+          max_auc, max_attacker_advantage, max_epsilon_lower_bound: the gate on the final model (none:
+            always blessed).
+          model_variant: results' model_variant (default: the Model's custom property model_variant).
+          write_per_example: write per-example Parquet under attack_results/per_example/.
+        """
+        attacks_json = attacks if isinstance(attacks, str) else json.dumps(list(attacks))
+        slicing_json = slicing if isinstance(slicing, str) else json.dumps(
+            dict(DEFAULT_SLICING if slicing is None else slicing))
+        feature_keys_json = None
+        if feature_keys is not None:
+            feature_keys_json = feature_keys if isinstance(feature_keys, str) else json.dumps(list(feature_keys))
+        # Checked here so that a pipeline with bad settings fails when it is built.
+        executor.parse_settings(attacks_json, slicing_json, seed, min_slice_size, sample_size)
+        executor.parse_thresholds(max_auc, max_attacker_advantage, max_epsilon_lower_bound)
+        if feature_keys_json is not None:
+            executor.parse_json_list(feature_keys_json, "feature_keys")
+        if members_split == nonmembers_split:
+            raise ValueError(f"members_split and nonmembers_split must differ, both are {members_split!r}")
+        spec = MembershipInferenceEvaluatorSpec(
+            examples=examples, model=model, model_run=model_run, label_key=label_key,
+            feature_keys=feature_keys_json, members_split=members_split, nonmembers_split=nonmembers_split,
+            attacks=attacks_json, slicing=slicing_json, seed=int(seed), min_slice_size=int(min_slice_size),
+            sample_size=int(sample_size), max_auc=max_auc, max_attacker_advantage=max_attacker_advantage,
+            max_epsilon_lower_bound=max_epsilon_lower_bound, model_variant=model_variant,
+            write_per_example=int(bool(write_per_example)),
+            attack_results=types.Channel(type=MembershipInferenceResults),
+            blessing=types.Channel(type=PrivacyBlessing))
+        super().__init__(spec=spec)
+
+
+__all__: List[str] = ["MembershipInferenceEvaluator", "MembershipInferenceEvaluatorSpec"]
