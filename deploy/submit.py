@@ -53,12 +53,16 @@ def main(argv=None) -> int:
 
     client = kfp.Client(host=args.host, namespace=args.namespace)
     version = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    try:
-        pipeline = client.upload_pipeline(args.package, pipeline_name=args.pipeline_name)
-        pipeline_id = pipeline.pipeline_id
-        version_id = None
-    except Exception:  # noqa: BLE001 - the name exists: add a version instead
-        pipeline_id = client.get_pipeline_id(args.pipeline_name)
+    # Runs and recurring runs from an uploaded pipeline need both its id and a version id.
+    pipeline_id = client.get_pipeline_id(args.pipeline_name)
+    if pipeline_id is None:
+        pipeline_id = client.upload_pipeline(args.package, pipeline_name=args.pipeline_name).pipeline_id
+        # Uploading a pipeline creates its first version, holding this package.
+        versions = client.list_pipeline_versions(pipeline_id, page_size=1, sort_by="created_at desc")
+        if not versions.pipeline_versions:
+            raise RuntimeError(f"pipeline {args.pipeline_name!r} ({pipeline_id}) was uploaded but has no version")
+        version_id = versions.pipeline_versions[0].pipeline_version_id
+    else:  # the name exists: add this package as a new version
         pv = client.upload_pipeline_version(args.package, pipeline_version_name=f"{args.pipeline_name}-{version}",
                                             pipeline_id=pipeline_id)
         version_id = pv.pipeline_version_id

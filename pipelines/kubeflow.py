@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tempfile
 from typing import Any, Dict, List, Optional
 
@@ -27,6 +28,82 @@ def add_compile_arguments(p: argparse.ArgumentParser) -> None:
                    help="Beam argument for the Beam components, repeatable (e.g. --beam-pipeline-arg=--runner=DataflowRunner)")
 
 
+_ARGO_UNSAFE = re.compile(r"[^A-Za-z0-9-]+")
+# Argo caps DAG task names at 128 characters; KFP appends "-driver" to each.
+_MAX_NAME = 120
+
+
+def _argo_name(name: str) -> str:
+    return _ARGO_UNSAFE.sub("-", name).strip("-")
+
+
+def argo_safe_names(spec: Dict[str, Any]) -> Dict[str, str]:
+    """Renames tasks, components and executor labels so that KFP's Argo backend accepts them.
+
+    KFP 2.x compiles each pipeline task to an Argo DAG task of the same name (plus "<name>-driver") and
+    Argo requires names of letters, digits and '-': TFX's node ids such as "DPTrainer.non_private" fail
+    run creation. "DPTrainer.non_private" becomes "DPTrainer-non-private" everywhere it is referenced
+    (task keys, taskInfo, dependentTasks, producerTask, componentRef, component keys, executorLabel,
+    deploymentSpec executors). Returns {old task name: new task name}; raises ValueError when two
+    names collide (e.g. variants "dp_1" and "dp-1").
+    """
+    def mapping(names, what):
+        out: Dict[str, str] = {}
+        taken: Dict[str, str] = {}
+        for old in names:
+            new = _argo_name(old)
+            if not new or len(new) > _MAX_NAME:
+                raise ValueError(f"{what} {old!r} cannot be turned into a Kubeflow name (letters, digits, '-', "
+                                 f"at most {_MAX_NAME} characters)")
+            if new in taken:
+                raise ValueError(f"{what}s {taken[new]!r} and {old!r} both become {new!r} on Kubeflow; "
+                                 "rename one (e.g. the model variant)")
+            taken[new] = old
+            out[old] = new
+        return out
+
+    dag = spec["root"]["dag"]
+    tasks = mapping(dag["tasks"], "task")
+    comps = mapping(spec.get("components", {}), "component")
+    execs = mapping(spec.get("deploymentSpec", {}).get("executors", {}), "executor")
+
+    def rename_producers(inputs: Dict[str, Any]) -> None:
+        for art in inputs.get("artifacts", {}).values():
+            ref = art.get("taskOutputArtifact")
+            if ref and ref.get("producerTask") in tasks:
+                ref["producerTask"] = tasks[ref["producerTask"]]
+        for param in inputs.get("parameters", {}).values():
+            ref = param.get("taskOutputParameter")
+            if ref and ref.get("producerTask") in tasks:
+                ref["producerTask"] = tasks[ref["producerTask"]]
+
+    new_tasks = {}
+    for old, task in dag["tasks"].items():
+        new = tasks[old]
+        task.setdefault("taskInfo", {})["name"] = new
+        if "dependentTasks" in task:
+            task["dependentTasks"] = [tasks.get(d, d) for d in task["dependentTasks"]]
+        rename_producers(task.get("inputs", {}))
+        ref = task.get("componentRef", {})
+        if ref.get("name") in comps:
+            ref["name"] = comps[ref["name"]]
+        new_tasks[new] = task
+    dag["tasks"] = new_tasks
+    outputs = dag.get("outputs", {})  # TFX pipelines have none; renamed for completeness
+    selectors = [s for o in outputs.get("artifacts", {}).values() for s in o.get("artifactSelectors", [])]
+    selectors += [o["valueFromParameter"] for o in outputs.get("parameters", {}).values() if "valueFromParameter" in o]
+    for sel in selectors:
+        sel["producerSubtask"] = tasks.get(sel.get("producerSubtask"), sel.get("producerSubtask"))
+    if "components" in spec:
+        for comp in spec["components"].values():
+            if comp.get("executorLabel") in execs:
+                comp["executorLabel"] = execs[comp["executorLabel"]]
+        spec["components"] = {comps[k]: v for k, v in spec["components"].items()}
+    if execs:
+        spec["deploymentSpec"]["executors"] = {execs[k]: v for k, v in spec["deploymentSpec"]["executors"].items()}
+    return tasks
+
+
 def compile_pipeline(pipeline, output: str, image: str) -> Dict[str, Any]:
     """Compiles a TFX pipeline to KFP v2 IR and writes it atomically; returns the PipelineSpec dict."""
     import yaml
@@ -34,11 +111,13 @@ def compile_pipeline(pipeline, output: str, image: str) -> Dict[str, Any]:
 
     # Pipeline spec schema 2.1: parameters as `parameterType` / `runtimeValue.constant`, which is what the KFP 2.x
     # backend resolves (it rejects 2.0's `constantValue`), and the executors read ExecutorInput.parameterValues.
-    runner = v2.KubeflowV2DagRunner(config=v2.KubeflowV2DagRunnerConfig(default_image=image,
-                                                                        use_pipeline_spec_2_1=True),
-                                    output_dir=tempfile.mkdtemp(prefix="kfp-compile-"))
-    job = runner.run(pipeline, write_out=False)
+    with tempfile.TemporaryDirectory(prefix="kfp-compile-") as tmp_dir:
+        runner = v2.KubeflowV2DagRunner(config=v2.KubeflowV2DagRunnerConfig(default_image=image,
+                                                                            use_pipeline_spec_2_1=True),
+                                        output_dir=tmp_dir)
+        job = runner.run(pipeline, write_out=False)
     spec = job["pipelineSpec"]
+    argo_safe_names(spec)
     # The job's runtime config carries the pipeline root; KFP takes it at submission, the IR keeps a default.
     spec.setdefault("defaultPipelineRoot", job.get("runtimeConfig", {}).get("gcsOutputDirectory")
                     or pipeline.pipeline_info.pipeline_root)
