@@ -5,7 +5,15 @@ output directories, and writes the Model and ModelRun layouts described in the p
 
     model_dir/keras/model.keras, model_dir/Format-Serving/ (SavedModel), model_dir/checkpoints/epoch_NNNN.keras,
     model_dir/checkpoints/index.json, model_dir/model_info.json
-    run_dir/ledger.json, run_dir/training_log.jsonl, run_dir/logs/ (TensorBoard scalars)
+    run_dir/ledger.json, run_dir/training_log.jsonl, run_dir/logs/ (TensorBoard scalars),
+    run_dir/one_run_audit.json (private runs with ``audit_canaries`` > 0)
+
+The one-run privacy audit (Steinke, Nasr, Jagielski 2023; :mod:`one_run_audit`) checks the DP claim with
+one extra training run of the same recipe: ``audit_canaries`` = m training examples are set aside, given a
+random wrong label (canaries a model fits only by memorising them) and each put back with probability 1/2
+(seeded); after training, the canaries the model fits best are guessed "in", those it fits worst "out",
+and the number of correct guesses gives a lower bound on ε at 95% confidence. A bound above the ε the
+accountant gives for that run means the DP training (or its accounting) is broken.
 """
 
 from __future__ import annotations
@@ -58,9 +66,17 @@ class DPTrainingConfig:
     model_fn: str = "build_keras_model"
     builtin_model: str = "auto"
     hparams: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    audit_canaries: int = 0
 
     def validate(self, n_examples: Optional[int] = None) -> None:
         """Raises ValueError naming the first invalid setting."""
+        if isinstance(self.audit_canaries, bool) or not isinstance(self.audit_canaries, int) or \
+                self.audit_canaries < 0 or self.audit_canaries == 1:
+            raise ValueError(f"audit_canaries must be 0 (no one-run audit) or an integer >= 2, got "
+                             f"{self.audit_canaries!r}")
+        if n_examples is not None and self.audit_canaries > n_examples // 2:
+            raise ValueError(f"audit_canaries ({self.audit_canaries}) must be at most half the training examples "
+                             f"({n_examples // 2}): the canaries are taken from them")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.sampling not in ("poisson", "shuffle"):
@@ -102,6 +118,14 @@ def resolve_noise(config: DPTrainingConfig, n_examples: int, steps_per_epoch: in
         target_epsilon=config.target_epsilon, n_examples=n_examples, batch_size=config.batch_size,
         delta=delta, steps=steps_per_epoch * config.epochs, accountant=config.accountant)
     return sigma, delta
+
+
+def model_hparams(config: DPTrainingConfig, x: np.ndarray, num_classes: int,
+                  input_features: Optional[List[str]] = None) -> Dict[str, Any]:
+    """The ``hparams`` the model is built from (``input_dim``, ``num_classes``, ``input_features``, ``seed``
+    and the config's own): the same dict rebuilds the same architecture and initialisation."""
+    return {"input_dim": int(np.prod(np.shape(x)[1:])), "num_classes": int(num_classes),
+            "input_features": list(input_features or []), "seed": config.seed, **config.hparams}
 
 
 class _TensorBoard:
@@ -157,11 +181,12 @@ def train(config: DPTrainingConfig, x: np.ndarray, y: np.ndarray, *, model_dir: 
     steps_per_epoch = sampler_cls(n, config.batch_size, seed=config.seed).steps_per_epoch
     noise_multiplier, delta = resolve_noise(config, n, steps_per_epoch)
 
-    hparams = {"input_dim": int(np.prod(x.shape[1:])), "num_classes": num_classes,
-               "input_features": list(input_features or []), "seed": config.seed, **config.hparams}
+    hparams = model_hparams(config, x, num_classes, input_features)
     model = build_model(hparams, module_file=config.module_file, model_fn=config.model_fn,
                         builtin=config.builtin_model)
-    dp_step.check_model_supports_dp(model)
+    if config.private:
+        # A non-private baseline may keep layers that mix examples (BatchNormalization).
+        dp_step.check_model_supports_dp(model)
 
     os.makedirs(model_dir, exist_ok=True)
     os.makedirs(run_dir, exist_ok=True)
@@ -237,4 +262,65 @@ def train(config: DPTrainingConfig, x: np.ndarray, y: np.ndarray, *, model_dir: 
         "private": config.private, "epochs": config.epochs, "num_classes": num_classes,
         "model_name": model.name})
     ledger.write(os.path.join(run_dir, "ledger.json"))
+    if config.audit_canaries:
+        if config.private:
+            audit = one_run_privacy_audit(config, x, y, num_classes=num_classes, hparams=hparams,
+                                          noise_multiplier=noise_multiplier, delta=delta,
+                                          ledger_epsilon=ledger.to_json()["epsilon"], verbose=verbose)
+            accounting.write_json_atomic(os.path.join(run_dir, ONE_RUN_AUDIT_FILE), audit)
+        elif verbose:
+            print(f"[{config.model_variant}] one-run audit skipped: the variant is not private (ε = ∞)", flush=True)
     return ledger.to_json()
+
+
+ONE_RUN_AUDIT_FILE = "one_run_audit.json"
+ONE_RUN_AUDIT_CONFIDENCE = 0.95
+
+
+def one_run_privacy_audit(config: DPTrainingConfig, x: np.ndarray, y: np.ndarray, *, num_classes: int,
+                          hparams: Dict[str, Any], noise_multiplier: float, delta: float,
+                          ledger_epsilon: Optional[float] = None, verbose: bool = True) -> Dict[str, Any]:
+    """The one-run audit of a private recipe (see the module doc): one extra training run with
+    ``config.audit_canaries`` canaries. Returns the JSON written to ``one_run_audit.json``:
+    :meth:`one_run_audit.CanaryAudit.to_json` (``epsilon_lower_bound`` at ``confidence``, the
+    ``accountant_epsilon`` of the audit run, ``violated``, ``message``, the guesses) plus ``ledger_epsilon``
+    (the main run's ε), the recipe, and the seconds it took.
+
+    The m canaries are m training examples (chosen with the seed) with a uniformly random wrong label; they
+    leave the audit run's base training set, and each is put back with probability 1/2. The accountant's ε
+    of the audit run is computed for the steps that ran and its own sampling rate (the base set plus the
+    included canaries), with the main run's σ and δ.
+    """
+    from components.dp_trainer import one_run_audit
+    from components.dp_trainer.models import build_model
+
+    started = time.time()
+    m = int(config.audit_canaries)
+    rng = np.random.default_rng(np.random.SeedSequence([int(config.seed), 0xA0D1]))
+    chosen = np.zeros(len(y), dtype=bool)
+    chosen[rng.choice(len(y), size=m, replace=False)] = True
+    x_canaries, y_canaries = one_run_audit.mislabeled_canaries(x[chosen], y[chosen], m, num_classes,
+                                                               seed=config.seed)
+    train_fn = one_run_audit.dp_training_fn(
+        lambda: build_model(hparams, module_file=config.module_file, model_fn=config.model_fn,
+                            builtin=config.builtin_model),
+        epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+        l2_norm_clip=config.l2_norm_clip, noise_multiplier=noise_multiplier, delta=delta,
+        optimizer=config.optimizer, sampling=config.sampling, seed=config.seed, accountant=config.accountant)
+    if verbose:
+        print(f"[{config.model_variant}] one-run privacy audit: {m} mislabelled canaries, each included with "
+              f"probability 1/2, one more training run of the same recipe", flush=True)
+    result = one_run_audit.canary_audit(train_fn, x[~chosen], y[~chosen], x_canaries, y_canaries, delta=delta,
+                                        seed=config.seed, confidence=ONE_RUN_AUDIT_CONFIDENCE)
+    out = result.to_json()
+    out.update({
+        "schema_version": 1, "method": "one_run_audit (Steinke, Nasr, Jagielski 2023)",
+        "model_variant": config.model_variant, "confidence": ONE_RUN_AUDIT_CONFIDENCE,
+        "canaries": "training examples with a random wrong label, each included with probability 1/2",
+        "ledger_epsilon": ledger_epsilon if ledger_epsilon is None or math.isfinite(ledger_epsilon) else None,
+        "noise_multiplier": float(noise_multiplier), "l2_norm_clip": float(config.l2_norm_clip),
+        "expected_batch_size": int(config.batch_size), "epochs": int(config.epochs),
+        "accountant": config.accountant, "seed": int(config.seed), "seconds": round(time.time() - started, 3)})
+    if verbose:
+        print(f"[{config.model_variant}] one-run audit: {result.message}", flush=True)
+    return out

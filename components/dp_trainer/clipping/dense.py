@@ -1,0 +1,105 @@
+"""Clipping rule for ``keras.layers.Dense`` (inputs of any rank >= 2).
+
+For ``z = x @ W + b`` with ``x [B, ..., d_in]`` flattened to ``[B, T, d_in]``,
+example i's kernel gradient is ``x_i^T dz_i`` (``d_in x d_out``, summed over T).
+
+* T == 1: ``||x_i^T dz_i||^2 = ||x_i||^2 ||dz_i||^2`` (ghost norm, exact).
+* T > 1: either the ghost norm ``<x_i x_i^T, dz_i dz_i^T>`` (cost ``T^2 (d_in +
+  d_out)`` per example) or the explicit per-example kernel gradient (cost
+  ``T d_in d_out``), whichever is cheaper.
+
+The clipped sum is ``x^T (c * dz)`` over all examples and positions: the same
+matrix product a normal backward pass does for W, so no second pass.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from components.dp_trainer.clipping import registry
+
+
+def _dense_matmul(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    if x.shape.rank == 2:
+        return tf.matmul(x, kernel)
+    out_shape = tf.concat([tf.shape(x)[:-1], tf.shape(kernel)[-1:]], 0)
+    z = tf.matmul(tf.reshape(x, [-1, kernel.shape[0]]), kernel)
+    return tf.reshape(z, out_shape)
+
+
+@registry.register(keras.layers.Dense)
+class DenseRule(registry.ClippingRule):
+    """Dense, with or without bias and activation; no LoRA, no quantisation."""
+
+    def applies_to(self, layer) -> bool:
+        return (not getattr(layer, "lora_enabled", False)
+                and not getattr(layer, "quantization_mode", None))
+
+    def variables(self, layer) -> tuple:
+        return (layer._kernel,) + ((layer.bias,) if layer.bias is not None else ())
+
+    def forward(self, layer, call, inputs, **kwargs):
+        kernel = tf.convert_to_tensor(layer._kernel)
+        x = tf.cast(inputs, kernel.dtype)
+        z = _dense_matmul(x, kernel)
+        if layer.bias is not None:
+            z = z + tf.convert_to_tensor(layer.bias)
+        outputs = layer.activation(z) if layer.activation is not None else z
+        return outputs, [z], x
+
+    def grads(self, layer, context, target_grads, options):
+        x = context
+        dz = tf.cast(target_grads[0], x.dtype)
+        d_in, d_out = layer._kernel.shape
+        has_bias = layer.bias is not None
+        xs = registry.flatten_rows(x, d_in)    # [B, T, d_in]
+        gs = registry.flatten_rows(dz, d_out)  # [B, T, d_out]
+        positions = xs.shape[1]
+
+        if positions == 1:
+            x2, g2 = xs[:, 0, :], gs[:, 0, :]
+            g_sq = tf.reduce_sum(tf.square(g2), axis=1)
+            sq_norms = tf.reduce_sum(tf.square(x2), axis=1) * g_sq
+            if has_bias:
+                sq_norms += g_sq
+
+            def weighted_sum(c):
+                gc = registry.weighted_rows(c, g2)
+                out = [tf.matmul(x2, gc, transpose_a=True)]
+                if has_bias:
+                    out.append(tf.reduce_sum(gc, axis=0))
+                return out
+
+            return registry.LayerGrads(self.variables(layer), sq_norms, weighted_sum)
+
+        t = positions if positions is not None else 1 << 20
+        ghost = registry.use_ghost(options, explicit_cost=t * d_in * d_out,
+                                   ghost_cost=t * t * (d_in + d_out))
+        if ghost:
+            gram_x = tf.matmul(xs, xs, transpose_b=True)
+            gram_g = tf.matmul(gs, gs, transpose_b=True)
+            sq_norms = tf.reduce_sum(gram_x * gram_g, axis=[1, 2])
+
+            def kernel_sum(c):
+                gc = registry.weighted_rows(c, gs)
+                return tf.matmul(tf.reshape(xs, [-1, d_in]), tf.reshape(gc, [-1, d_out]),
+                                 transpose_a=True)
+        else:
+            per_example = tf.matmul(xs, gs, transpose_a=True)  # [B, d_in, d_out]
+            sq_norms = tf.reduce_sum(tf.square(per_example), axis=[1, 2])
+
+            def kernel_sum(c):
+                return tf.tensordot(tf.cast(c, per_example.dtype), per_example, axes=1)
+
+        bias_rows = tf.reduce_sum(gs, axis=1) if has_bias else None
+        if has_bias:
+            sq_norms += tf.reduce_sum(tf.square(bias_rows), axis=1)
+
+        def weighted_sum(c):
+            out = [kernel_sum(c)]
+            if has_bias:
+                out.append(tf.tensordot(tf.cast(c, bias_rows.dtype), bias_rows, axes=1))
+            return out
+
+        return registry.LayerGrads(self.variables(layer), sq_norms, weighted_sum)
