@@ -1,6 +1,12 @@
 """Cost of K reference models (LiRA / RMIA) against one training run, on the digits data.
 
     .venv/bin/python benchmarks/reference_models_cost.py [--k 4] [--n-jobs 1] [--compare-n-jobs] [--private]
+    .venv/bin/python benchmarks/reference_models_cost.py --pipeline-variant non_private [--k 4]
+
+``--pipeline-variant NAME`` measures what the pipeline's ReferenceModelTrainer does for a variant of the
+default demo (pipelines.pipeline.default_variants; the demo's members fraction): one training run of the
+target with the DPTrainer's recipe and training loop, then ``reference_models.train_for_trainer_recipe``
+(K models, each on a random subset as large as the target's training set). Without it:
 
 Workload: scikit-learn's digits (1797 8x8 images, 10 classes, pixels scaled to [0, 1]); the target is the
 project's built-in MLP (64-128-128-10) trained on a seeded random half of the data (its members; the other
@@ -55,7 +61,11 @@ def main(argv=None) -> int:
     parser.add_argument("--n-jobs", type=int, default=1, help="worker processes for the references")
     parser.add_argument("--compare-n-jobs", action="store_true", help="also time the references with n_jobs=2")
     parser.add_argument("--private", action="store_true", help="DP-SGD recipe (sigma 1.0, clip 1.0)")
+    parser.add_argument("--pipeline-variant", help="a default demo variant (non_private, dp_eps3): the "
+                                                   "ReferenceModelTrainer's path with that variant's recipe")
     args = parser.parse_args(argv)
+    if args.pipeline_variant:
+        return pipeline_variant(args)
 
     import keras
 
@@ -109,6 +119,71 @@ def main(argv=None) -> int:
           f"LiRA (online, K={args.k}) {attack_metrics(scores['lira'], member)['auc']:.4f}, "
           f"LiRA fixed variance {attack_metrics(scores['lira_fixed_variance'], member)['auc']:.4f}, "
           f"RMIA (online, K={args.k}) {attack_metrics(scores['rmia'], member)['auc']:.4f}")
+    print(f"one_run_seconds={one_run:.3f}")
+    print(f"references_seconds={ref_seconds:.3f}")
+    print(f"ref_cost_over_one_run={ref_seconds / one_run:.3f}")
+    keras.backend.clear_session()
+    return 0
+
+
+def pipeline_variant(args) -> int:
+    """K references of a demo variant through the ReferenceModelTrainer's library, against one target run."""
+    import dataclasses
+    import tempfile
+
+    import keras
+
+    from components.dp_trainer import sampling, trainer
+    from components.membership_inference import reference_models as rm
+    from components.membership_inference import strong_attacks as sa
+    from components.membership_inference.metrics import attack_metrics
+    from pipelines import run
+    from pipelines.pipeline import default_variants
+
+    spec = {v.name: v for v in default_variants()}.get(args.pipeline_variant)
+    if spec is None:
+        raise SystemExit(f"--pipeline-variant must be one of {[v.name for v in default_variants()]}")
+    x, y, _ = load_population()
+    fraction = getattr(run, "DEMO_MEMBERS_FRACTION", 0.5)
+    member = np.random.default_rng(0).random(len(y)) < fraction
+    config = trainer.DPTrainingConfig(
+        model_variant=spec.name, private=spec.private, epochs=spec.epochs, batch_size=spec.batch_size,
+        learning_rate=spec.learning_rate, optimizer=spec.optimizer, l2_norm_clip=spec.l2_norm_clip,
+        noise_multiplier=spec.noise_multiplier, target_epsilon=spec.target_epsilon, delta=spec.delta,
+        sampling=spec.sampling, builtin_model=spec.builtin_model, hparams=dict(spec.hparams), checkpoint_every=0)
+    n = int(member.sum())
+    steps = sampling.PoissonSampler(n, config.batch_size, seed=0).steps_per_epoch
+    sigma, _ = trainer.resolve_noise(config, n, steps)
+    recipe = rm.TrainingRecipe(epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+                               optimizer=config.optimizer, private=config.private, l2_norm_clip=config.l2_norm_clip,
+                               noise_multiplier=sigma, fit_with="dp_trainer")
+    builder = rm.ModelBuilder(trainer.model_hparams(config, x, 10), builtin=config.builtin_model)
+    print(f"digits: {len(y)} examples, target members {n} (fraction {fraction}); variant {spec.name}: "
+          f"{config.builtin_model} {config.hparams}, {config.epochs} epochs, batch {config.batch_size}, "
+          f"lr {config.learning_rate}, {'DP σ=%.3g' % sigma if config.private else 'non-private'}; "
+          f"{os.cpu_count()} CPU cores", flush=True)
+    rm.train_one(builder, x[:256], y[:256], x[:8], dataclasses.replace(recipe, epochs=1), seed=99)  # warm-up
+    t0 = time.perf_counter()
+    target = rm.train_one(builder, x[member], y[member], x, recipe, seed=0)
+    one_run = time.perf_counter() - t0
+    print(f"one training run (target): {one_run:.2f}s", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        refs = rm.train_for_trainer_recipe(
+            os.path.join(tmp, "refs.npz"), config, x_members=x[member], y_members=y[member], x_nonmembers=x[~member],
+            y_nonmembers=y[~member], sha1_members=[f"{i:040x}" for i in np.flatnonzero(member)],
+            sha1_nonmembers=[f"{i:040x}" for i in np.flatnonzero(~member)], input_features=[], k=args.k,
+            n_jobs=args.n_jobs, verbose=True)
+        ref_seconds = time.perf_counter() - t
+    order = np.concatenate([np.flatnonzero(member), np.flatnonzero(~member)])
+    is_member = np.arange(len(y)) < n
+    aucs = {name: attack_metrics(rm.reference_attack_scores(name, target[order], y[order], refs)[0], is_member)
+            for name in ("lira", "lira_offline", "rmia")}
+    # p_y ranks examples exactly as minus the loss: the threshold attack.
+    loss = attack_metrics(sa.true_class_probability(target[order], y[order]), is_member)
+    print("threshold: auc {:.4f} tpr@1% {:.4f}; ".format(loss["auc"], loss["tpr_at_fpr"]["0.01"]) + "; ".join(
+        f"{k}: auc {m['auc']:.4f} tpr@1% {m['tpr_at_fpr']['0.01']:.4f}" for k, m in aucs.items()))
+    print(f"{args.k} reference models, n_jobs={args.n_jobs}: {ref_seconds:.2f}s ({ref_seconds / args.k:.2f}s per model)")
     print(f"one_run_seconds={one_run:.3f}")
     print(f"references_seconds={ref_seconds:.3f}")
     print(f"ref_cost_over_one_run={ref_seconds / one_run:.3f}")

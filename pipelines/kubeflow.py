@@ -137,7 +137,7 @@ def compile_pipeline(pipeline, output: str, image: str) -> Dict[str, Any]:
 
 def main_compile(args: argparse.Namespace) -> int:
     from pipelines import run as run_mod
-    from pipelines.pipeline import AuditSpec, create_pipeline
+    from pipelines.pipeline import create_pipeline
 
     if os.path.isdir(args.output):
         raise IsADirectoryError(f"--output {args.output} is a directory; give a file name such as pipeline.yaml")
@@ -149,12 +149,9 @@ def main_compile(args: argparse.Namespace) -> int:
     s = run_mod.resolve_settings(ns)
     data_root = s["data"] or IMAGE_DIGITS_DIR
     label_key = s["label_key"] or "label"
-    slicing = {name: True for name in s["slicing"] or []}
-    if s["slice_feature_keys"]:
-        slicing["feature_keys"] = s["slice_feature_keys"]
-    audit = AuditSpec(attacks=tuple(s["attacks"]), slicing=slicing, min_slice_size=s["min_slice_size"],
-                      max_auc=s["max_auc"], max_attacker_advantage=s["max_attacker_advantage"],
-                      max_epsilon_lower_bound=s["max_epsilon_lower_bound"])
+    # Reference models and the one-run audit are opt-in here (config keys reference_models, audit_canaries):
+    # on a cluster each is K (or one) more training run per variant.
+    audit = run_mod.build_audit(s, demo=False)
     pipeline = create_pipeline(
         pipeline_root=args.pipeline_root, label_key=label_key, data_root=data_root,
         variants=run_mod.build_variants(s), audit=audit, pipeline_name=s["pipeline_name"],

@@ -7,5 +7,6 @@ must therefore be importable. The classes themselves live with the components th
 
 from components.membership_inference.component import MembershipInferenceResults, PrivacyBlessing
 from components.privacy_report.component import PrivacyReport
+from components.reference_models.component import ReferenceModels
 
-__all__ = ["MembershipInferenceResults", "PrivacyBlessing", "PrivacyReport"]
+__all__ = ["MembershipInferenceResults", "PrivacyBlessing", "PrivacyReport", "ReferenceModels"]

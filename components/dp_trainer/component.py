@@ -40,6 +40,8 @@ class DPTrainerSpec(types.ComponentSpec):
         "model_fn": ExecutionParameter(type=str),
         "builtin_model": ExecutionParameter(type=str),
         "hparams": ExecutionParameter(type=str),  # JSON object
+        # One-run privacy audit: number of canaries (absent = no audit). Private variants only.
+        "audit_canaries": ExecutionParameter(type=int, optional=True),
     }
     INPUTS = {"examples": ChannelParameter(type=standard_artifacts.Examples)}
     OUTPUTS = {
@@ -54,6 +56,12 @@ class DPTrainer(base_component.BaseComponent):
     Outputs ``model`` (Format-Serving SavedModel, keras/model.keras, checkpoints/epoch_NNNN.keras with
     checkpoints/index.json) and ``model_run`` (ledger.json with ε per epoch, training_log.jsonl,
     TensorBoard logs/). ε, δ, noise multiplier and steps are custom properties of the Model artifact.
+
+    ``audit_canaries`` = m > 0 runs, for a private variant, the one-run privacy audit after the main
+    training: one more training run of the same recipe with m canaries (training examples with a wrong
+    label, each included with probability 1/2), written to ``model_run/one_run_audit.json`` (the ε lower
+    bound at 95% confidence beside the accountant's ε; see trainer.one_run_privacy_audit). The evaluator
+    refuses to bless a model whose audit bound exceeds the accountant's ε.
     """
 
     SPEC_CLASS = DPTrainerSpec
@@ -66,7 +74,8 @@ class DPTrainer(base_component.BaseComponent):
                  sampling: str = "poisson", accountant: str = "rdp", checkpoint_every: int = 2, seed: int = 0,
                  train_split: str = "train", feature_keys: Optional[List[str]] = None,
                  module_file: Optional[str] = None, model_fn: str = "build_keras_model",
-                 builtin_model: str = "auto", hparams: Optional[Dict[str, Any]] = None):
+                 builtin_model: str = "auto", hparams: Optional[Dict[str, Any]] = None,
+                 audit_canaries: int = 0):
         from components.dp_trainer.trainer import DPTrainingConfig
 
         # Checked here so that a pipeline with bad settings fails when it is built, not hours later.
@@ -74,7 +83,7 @@ class DPTrainer(base_component.BaseComponent):
                          batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer,
                          l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
                          target_epsilon=target_epsilon, delta=delta, sampling=sampling, accountant=accountant,
-                         checkpoint_every=checkpoint_every, seed=seed).validate()
+                         checkpoint_every=checkpoint_every, seed=seed, audit_canaries=audit_canaries).validate()
         module_sha = None
         if module_file:
             if not os.path.isfile(module_file):
@@ -92,6 +101,8 @@ class DPTrainer(base_component.BaseComponent):
             checkpoint_every=checkpoint_every, seed=seed,
             module_file=os.path.abspath(module_file) if module_file else None, module_file_sha256=module_sha,
             model_fn=model_fn, builtin_model=builtin_model, hparams=json.dumps(hparams or {}, sort_keys=True),
+            # None when off, so that pipelines without the audit keep their cache keys.
+            audit_canaries=int(audit_canaries) if audit_canaries else None,
             model=types.Channel(type=standard_artifacts.Model),
             model_run=types.Channel(type=standard_artifacts.ModelRun))
         super().__init__(spec=spec)

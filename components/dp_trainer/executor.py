@@ -14,6 +14,34 @@ from components.common.examples import load_examples, split_file_pattern
 from components.dp_trainer.trainer import DPTrainingConfig, train
 
 
+def _read_audit(run_dir: str):
+    import os
+
+    from components.dp_trainer.trainer import ONE_RUN_AUDIT_FILE
+
+    path = os.path.join(run_dir, ONE_RUN_AUDIT_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def training_config(p: Dict[str, Any], seed_key: str = "seed") -> DPTrainingConfig:
+    """The DPTrainingConfig of a DPTrainer's exec properties (also the ReferenceModelTrainer's recipe, whose
+    copy of the trainer's seed is ``target_seed``)."""
+    return DPTrainingConfig(
+        model_variant=p["model_variant"], label_key=p["label_key"],
+        feature_keys=json.loads(p["feature_keys"]) if p.get("feature_keys") else None,
+        epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), learning_rate=float(p["learning_rate"]),
+        optimizer=p["optimizer"], private=bool(p["private"]), l2_norm_clip=float(p["l2_norm_clip"]),
+        noise_multiplier=p.get("noise_multiplier"), target_epsilon=p.get("target_epsilon"),
+        delta=p.get("delta"), sampling=p["sampling"], accountant=p["accountant"],
+        checkpoint_every=int(p.get("checkpoint_every") or 0), seed=int(p[seed_key]),
+        module_file=p.get("module_file") or None, model_fn=p.get("model_fn") or "build_keras_model",
+        builtin_model=p.get("builtin_model") or "auto", hparams=json.loads(p.get("hparams") or "{}"),
+        audit_canaries=int(p.get("audit_canaries") or 0))
+
+
 class Executor(base_executor.BaseExecutor):
 
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
@@ -25,15 +53,7 @@ class Executor(base_executor.BaseExecutor):
         feature_keys = json.loads(p["feature_keys"]) if p.get("feature_keys") else None
         split = p.get("train_split") or "train"
         data = load_examples(split_file_pattern(examples.uri, split), p["label_key"], feature_keys)
-        config = DPTrainingConfig(
-            model_variant=p["model_variant"], label_key=p["label_key"], feature_keys=feature_keys,
-            epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), learning_rate=float(p["learning_rate"]),
-            optimizer=p["optimizer"], private=bool(p["private"]), l2_norm_clip=float(p["l2_norm_clip"]),
-            noise_multiplier=p.get("noise_multiplier"), target_epsilon=p.get("target_epsilon"),
-            delta=p.get("delta"), sampling=p["sampling"], accountant=p["accountant"],
-            checkpoint_every=int(p["checkpoint_every"]), seed=int(p["seed"]),
-            module_file=p.get("module_file") or None, model_fn=p.get("model_fn") or "build_keras_model",
-            builtin_model=p.get("builtin_model") or "auto", hparams=json.loads(p.get("hparams") or "{}"))
+        config = training_config(p)
         ledger = train(config, data.x, data.y, model_dir=model.uri, run_dir=model_run.uri,
                        input_features=data.input_features)
         # ML Metadata shows these on the Model artifact; ε stays derived from the ledger's events.
@@ -51,3 +71,8 @@ class Executor(base_executor.BaseExecutor):
                 # MLMD's SQLite backend keeps ~6 significant digits of a double; the exact value as text.
                 model.set_string_custom_property("epsilon_exact", repr(float(eps)))
         model_run.set_string_custom_property("model_variant", config.model_variant)
+        audit = _read_audit(model_run.uri)
+        if audit is not None:
+            model_run.set_float_custom_property("one_run_audit_epsilon_lower_bound",
+                                                float(audit["epsilon_lower_bound"]))
+            model_run.set_int_custom_property("one_run_audit_violated", int(bool(audit["violated"])))

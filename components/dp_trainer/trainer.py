@@ -277,14 +277,30 @@ ONE_RUN_AUDIT_FILE = "one_run_audit.json"
 ONE_RUN_AUDIT_CONFIDENCE = 0.95
 
 
+def audit_delta(ledger_delta: float, m: int) -> float:
+    """δ at which the one-run audit tests the run: the ledger's δ, or 1 / (100 m) when smaller.
+
+    The audit's bound carries a term 2 m δ (Steinke et al., Theorem 3.3): with the ledger's δ (1/N rounded
+    down) and hundreds of canaries it can exceed the audit's 5% error budget and no ε could ever be refuted.
+    DP-SGD with noise multiplier σ is (ε(δ'), δ')-DP for every δ', so the claim is tested at
+    δ' = min(δ, 1/(100 m)) (2 m δ' <= 0.02) against the accountant's ε at that same δ'."""
+    return float(min(ledger_delta, 1.0 / (100.0 * m)))
+
+
 def one_run_privacy_audit(config: DPTrainingConfig, x: np.ndarray, y: np.ndarray, *, num_classes: int,
                           hparams: Dict[str, Any], noise_multiplier: float, delta: float,
                           ledger_epsilon: Optional[float] = None, verbose: bool = True) -> Dict[str, Any]:
     """The one-run audit of a private recipe (see the module doc): one extra training run with
     ``config.audit_canaries`` canaries. Returns the JSON written to ``one_run_audit.json``:
-    :meth:`one_run_audit.CanaryAudit.to_json` (``epsilon_lower_bound`` at ``confidence``, the
-    ``accountant_epsilon`` of the audit run, ``violated``, ``message``, the guesses) plus ``ledger_epsilon``
-    (the main run's ε), the recipe, and the seconds it took.
+    :meth:`one_run_audit.CanaryAudit.to_json` (``epsilon_lower_bound`` at ``confidence`` and ``delta``, the
+    ``accountant_epsilon`` of the audit run at that δ, ``violated``, ``message``, the guesses) plus
+    ``ledger_epsilon`` / ``ledger_delta`` (the main run's claim), the recipe, and the seconds it took.
+    ``delta`` is :func:`audit_delta` (at most the ledger's δ).
+
+    Power: even r correct guesses out of r prove at most ε ≈ ln(r / ln(1/β)), β = 5% shared by the ~14
+    guess counts tried (about 3.0 for r = 120, 3.9 for r = 300), and at most m guesses can be made (m <= N/2
+    here). So with a few hundred canaries the audit can refute small claims and catch gross breakage (no
+    noise at all) but cannot check ε = 8; its bound stays a lower bound.
 
     The m canaries are m training examples (chosen with the seed) with a uniformly random wrong label; they
     leave the audit run's base training set, and each is put back with probability 1/2. The accountant's ε
@@ -301,23 +317,25 @@ def one_run_privacy_audit(config: DPTrainingConfig, x: np.ndarray, y: np.ndarray
     chosen[rng.choice(len(y), size=m, replace=False)] = True
     x_canaries, y_canaries = one_run_audit.mislabeled_canaries(x[chosen], y[chosen], m, num_classes,
                                                                seed=config.seed)
+    delta_audit = audit_delta(delta, m)
     train_fn = one_run_audit.dp_training_fn(
         lambda: build_model(hparams, module_file=config.module_file, model_fn=config.model_fn,
                             builtin=config.builtin_model),
         epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
-        l2_norm_clip=config.l2_norm_clip, noise_multiplier=noise_multiplier, delta=delta,
+        l2_norm_clip=config.l2_norm_clip, noise_multiplier=noise_multiplier, delta=delta_audit,
         optimizer=config.optimizer, sampling=config.sampling, seed=config.seed, accountant=config.accountant)
     if verbose:
         print(f"[{config.model_variant}] one-run privacy audit: {m} mislabelled canaries, each included with "
               f"probability 1/2, one more training run of the same recipe", flush=True)
-    result = one_run_audit.canary_audit(train_fn, x[~chosen], y[~chosen], x_canaries, y_canaries, delta=delta,
-                                        seed=config.seed, confidence=ONE_RUN_AUDIT_CONFIDENCE)
+    result = one_run_audit.canary_audit(train_fn, x[~chosen], y[~chosen], x_canaries, y_canaries,
+                                        delta=delta_audit, seed=config.seed, confidence=ONE_RUN_AUDIT_CONFIDENCE)
     out = result.to_json()
     out.update({
         "schema_version": 1, "method": "one_run_audit (Steinke, Nasr, Jagielski 2023)",
         "model_variant": config.model_variant, "confidence": ONE_RUN_AUDIT_CONFIDENCE,
         "canaries": "training examples with a random wrong label, each included with probability 1/2",
         "ledger_epsilon": ledger_epsilon if ledger_epsilon is None or math.isfinite(ledger_epsilon) else None,
+        "ledger_delta": float(delta),
         "noise_multiplier": float(noise_multiplier), "l2_norm_clip": float(config.l2_norm_clip),
         "expected_batch_size": int(config.batch_size), "epochs": int(config.epochs),
         "accountant": config.accountant, "seed": int(config.seed), "seconds": round(time.time() - started, 3)})

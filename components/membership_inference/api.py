@@ -4,7 +4,10 @@
     privacy-audit attack --input FILE --output results.json [--attacks a,b] [--slicing by_class,...] [--seed N]
 
 FILE is ``.npz`` or Parquet (see :class:`~components.membership_inference.data.AttackInputs`). The output
-is the attack results JSON of DESIGN.md.
+is the attack results JSON of DESIGN.md. The reference-model attacks (``lira``, ``lira_offline``, ``rmia``,
+``rmia_offline``) also need the reference models' outputs on the same examples, in a ``.npz`` input:
+``ref_logits`` [K, N, C] and ``ref_in_mask`` [K, N] (bool), over the members then the non-members
+(N = n_members + n_nonmembers, in the order of ``logits_train`` then ``logits_test``).
 
 Only the standard library is imported at module level, so that building the CLI parser stays fast; numpy,
 scipy and scikit-learn are imported when attacks run.
@@ -39,13 +42,15 @@ def run_attacks(inputs: "AttackInputs", attacks: Sequence[str] = DEFAULT_ATTACKS
                 slicing: Optional["SlicingSpec"] = None, *, seed: int = 0, min_slice_size: int = 20,
                 metadata: Optional[Mapping[str, Any]] = None, config: Optional["AttackConfig"] = None,
                 delta: float = 1e-5, confidence: float = 0.95, fpr_targets: Sequence[float] = (0.01, 0.001),
-                roc_points: int = 200, progress: Optional[Progress] = None) -> Dict[str, Any]:
+                roc_points: int = 200, progress: Optional[Progress] = None, references: Any = None,
+                reference_options: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Runs ``attacks`` on every slice of ``inputs`` and returns the results JSON object (validated).
 
     Args:
       inputs: members' and non-members' model outputs.
       attacks: names from :data:`attacks.ATTACKS` (``threshold``, ``threshold_entropy``,
-        ``logistic_regression``, ``mlp``, ``random_forest``, ``knn``).
+        ``logistic_regression``, ``mlp``, ``random_forest``, ``knn``; with ``references``: ``lira``,
+        ``lira_offline``, ``rmia``, ``rmia_offline``).
       slicing: which slices (default: the entire data set only).
       seed: seeds every random choice (trained attacks' folds, subsamples, models).
       min_slice_size: slices with fewer members or non-members are skipped (listed in ``skipped_slices``;
@@ -55,6 +60,11 @@ def run_attacks(inputs: "AttackInputs", attacks: Sequence[str] = DEFAULT_ATTACKS
       config: trained-attack settings (folds, subsample caps, hyperparameter search).
       delta, confidence: for ``epsilon_lower_bound``; fpr_targets: for ``tpr_at_fpr``.
       progress: called with one line per slice and attack (e.g. ``print``); None: silent.
+      references: :class:`reference_models.ReferenceSignals` over the members then the non-members, for the
+        reference attacks. Their scores are computed once over all examples (each example's IN/OUT fit
+        does not depend on the slice) and measured per slice like every other attack.
+      reference_options: ``{"lira": {"fixed_variance": true|false|"auto"}, "rmia": {"gamma", "offline_a"}}``
+        (see :func:`reference_models.resolve_attack_options`).
     Returns the results object (``schema_version``, ``metadata``, ``results``, ``skipped_slices``).
     Examples whose ids appear on both sides are counted in ``metadata.n_duplicate_examples`` and reported
     with a :class:`DuplicateExamplesWarning`.
@@ -62,7 +72,14 @@ def run_attacks(inputs: "AttackInputs", attacks: Sequence[str] = DEFAULT_ATTACKS
     from components.membership_inference import attacks as attacks_mod
     from components.membership_inference import metrics, results, slicing as slicing_mod
 
+    from components.membership_inference import reference_models
+
     names = attacks_mod.check_attack_names(list(attacks))
+    reference_names = attacks_mod.reference_attack_names(names)
+    reference_options = reference_models.check_reference_options(reference_options)
+    if reference_names and references is None:
+        raise ValueError(f"{', '.join(reference_names)} need reference models: give ref_logits [K, N, C] and "
+                         "ref_in_mask [K, N] (members then non-members) in the .npz input")
     spec = slicing if slicing is not None else slicing_mod.SlicingSpec()
     config = config or attacks_mod.AttackConfig()
     t_start = time.perf_counter()
@@ -79,7 +96,7 @@ def run_attacks(inputs: "AttackInputs", attacks: Sequence[str] = DEFAULT_ATTACKS
             inputs.entropy("members"), inputs.entropy("nonmembers")
 
     slices, skipped = slicing_mod.make_slices(inputs, spec, min_slice_size=min_slice_size)
-    prepared = attacks_mod.PreparedInputs(inputs, config)
+    prepared = attacks_mod.PreparedInputs(inputs, config, references, reference_options)
     wm, wn = inputs.sample_weight("members"), inputs.sample_weight("nonmembers")
     import numpy as np
 
@@ -127,6 +144,9 @@ def run_attacks(inputs: "AttackInputs", attacks: Sequence[str] = DEFAULT_ATTACKS
         "confidence": float(confidence),
         "seconds": round(time.perf_counter() - t_start, 3),
     }
+    if reference_names:
+        md["reference_models"] = {**references.summary(), "attacks": {
+            name: prepared.reference_scores(name)[1] for name in reference_names}}
     for key, value in (metadata or {}).items():
         if value is not None or key not in md:
             md[key] = value
@@ -158,6 +178,31 @@ def load_inputs(path: str) -> "AttackInputs":
     raise ValueError(f"unsupported input format {ext or '(no extension)'!r} for {path}: use .npz or .parquet")
 
 
+def load_references(path: str):
+    """The reference models' signals of a ``.npz`` input (``ref_logits`` [K, N, C], ``ref_in_mask`` [K, N]) as a
+    :class:`reference_models.ReferenceSignals`, or None when the file has none (or is Parquet)."""
+    import numpy as np
+
+    from components.membership_inference.reference_models import ReferenceSignals
+
+    if os.path.splitext(path)[1].lower() != ".npz":
+        return None
+    with np.load(path, allow_pickle=False) as npz:
+        keys = set(npz.files)
+        refs = {k: npz[k] for k in ("ref_logits", "ref_in_mask") if k in keys}
+    extra = sorted(k for k in keys if k.startswith("ref_") and k not in ("ref_logits", "ref_in_mask"))
+    if extra:
+        raise ValueError(f"{path}: unrecognised reference keys {extra}; expected ref_logits and ref_in_mask")
+    if not refs:
+        return None
+    if len(refs) != 2:
+        raise ValueError(f"{path}: give both ref_logits [K, N, C] and ref_in_mask [K, N], not only {sorted(refs)}")
+    try:
+        return ReferenceSignals(refs["ref_logits"], refs["ref_in_mask"])
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
 def attack_file(input_path: str, output_path: str, attacks: Sequence[str] = DEFAULT_ATTACKS,
                 slicing_names: Sequence[str] = (), seed: int = 0, min_slice_size: int = 20, *,
                 metadata: Optional[Mapping[str, Any]] = None, progress: Optional[Progress] = None,
@@ -166,7 +211,7 @@ def attack_file(input_path: str, output_path: str, attacks: Sequence[str] = DEFA
 
     Args:
       input_path: ``.npz`` or Parquet file (``logits_train``/``logits_test`` or ``probs_*``,
-        ``labels_*``, or ``loss_*``).
+        ``labels_*``, or ``loss_*``; ``.npz`` also ``ref_logits``/``ref_in_mask`` for lira and rmia).
       output_path: results JSON to write (parent directories are created).
       attacks: attack names.
       slicing_names: e.g. ``["by_class", "by_percentiles"]`` (the entire data set is always included).
@@ -180,10 +225,11 @@ def attack_file(input_path: str, output_path: str, attacks: Sequence[str] = DEFA
 
     spec = SlicingSpec.from_names(slicing_names)
     inputs = load_inputs(input_path)
+    references = load_references(input_path)
     md = {"model_variant": os.path.splitext(os.path.basename(input_path))[0], "input": os.path.abspath(input_path)}
     md.update(metadata or {})
     obj = run_attacks(inputs, attacks, spec, seed=seed, min_slice_size=min_slice_size, metadata=md,
-                      progress=progress, **kwargs)
+                      progress=progress, references=references, **kwargs)
     results.write_results(output_path, obj)
     return obj
 
@@ -201,7 +247,13 @@ def add_attack_arguments(parser) -> None:
     parser.add_argument("--output", required=True, metavar="RESULTS_JSON", help="attack results JSON to write")
     parser.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
                         help="comma-separated: threshold, threshold_entropy, logistic_regression, mlp, "
-                             "random_forest, knn (default: %(default)s)")
+                             "random_forest, knn; with reference models in the .npz (ref_logits [K, N, C], "
+                             "ref_in_mask [K, N] over members then non-members): lira, lira_offline, rmia, "
+                             "rmia_offline (default: %(default)s)")
+    parser.add_argument("--reference-options", default=None, metavar="JSON",
+                        help='options of the reference attacks, e.g. \'{"lira": {"fixed_variance": false}, '
+                             '"rmia": {"gamma": 2, "offline_a": 0.33}}\' (default: LiRA fixed variance below '
+                             '64 reference models, RMIA gamma 1, a 0.3)')
     parser.add_argument("--slicing", default="",
                         help="comma-separated: by_class, by_percentiles, by_classification_correctness, "
                              "feature:<key> (the entire data set is always attacked)")
@@ -230,6 +282,16 @@ def main_attack(args) -> int:
         from components.membership_inference.attacks import AttackConfig
 
         config = AttackConfig(n_folds=args.folds)
+        reference_options = None
+        if args.reference_options:
+            import json
+
+            try:
+                reference_options = json.loads(args.reference_options)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--reference-options must be a JSON object ({e})") from None
+            if not isinstance(reference_options, dict):
+                raise ValueError("--reference-options must be a JSON object like {\"lira\": {...}}")
         md: Dict[str, Any] = {}
         if args.model_variant is not None:
             md["model_variant"] = args.model_variant
@@ -239,7 +301,7 @@ def main_attack(args) -> int:
         obj = attack_file(args.input, args.output, _split_list(args.attacks), _split_list(args.slicing),
                           args.seed, args.min_slice_size, metadata=md,
                           progress=None if args.quiet else _stderr_progress, delta=args.delta,
-                          confidence=args.confidence, config=config)
+                          confidence=args.confidence, config=config, reference_options=reference_options)
     except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
         print(f"privacy-audit attack: error: {e}", file=sys.stderr)
         return 2

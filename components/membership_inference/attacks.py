@@ -6,6 +6,9 @@ Attacks (registered by name with :func:`register_attack`; adding one is one deco
 - ``threshold_entropy``: score = minus the modified prediction entropy (Song & Mittal 2021).
 - ``logistic_regression``, ``mlp``, ``random_forest``, ``knn``: a scikit-learn classifier trained to tell
   members from non-members from features of the model outputs (:func:`attack_features`).
+- ``lira``, ``lira_offline``, ``rmia``, ``rmia_offline``: attacks with reference models
+  (:mod:`strong_attacks`); they need the references' outputs on the same examples
+  (``PreparedInputs(references=...)``, see :mod:`reference_models`).
 
 Trained attacks are cross-validated: stratified k-fold (default 5) over the slice, so that every example is
 scored exactly once, by a model that did not see it. Each fold's attacker is trained on a balanced, seeded
@@ -125,17 +128,58 @@ def attack_features(inputs: AttackInputs, side: str, config: AttackConfig = Atta
 
 
 class PreparedInputs:
-    """Per-example quantities of the whole inputs, computed once and shared by all slices and attacks."""
+    """Per-example quantities of the whole inputs, computed once and shared by all slices and attacks.
 
-    def __init__(self, inputs: AttackInputs, config: AttackConfig = AttackConfig()):
+    ``references``: a :class:`reference_models.ReferenceSignals` over the members then the non-members (in
+    the inputs' order), needed by the reference attacks; ``reference_options``: their options
+    (``{"lira": {"fixed_variance": ...}, "rmia": {"gamma": ..., "offline_a": ...}}``).
+    """
+
+    def __init__(self, inputs: AttackInputs, config: AttackConfig = AttackConfig(), references: Any = None,
+                 reference_options: Optional[Dict[str, Any]] = None):
         self.inputs = inputs
         self.config = config
+        self.references = references
+        self.reference_options = reference_options
         self._features: Dict[str, np.ndarray] = {}
+        self._reference_scores: Dict[str, Tuple[np.ndarray, Dict[str, Any]]] = {}
+        if references is not None and references.m != inputs.n_members + inputs.n_nonmembers:
+            raise ValueError(f"the reference signals cover {references.m} examples but the inputs have "
+                             f"{inputs.n_members} members + {inputs.n_nonmembers} non-members; they must cover "
+                             "the members then the non-members, in order")
 
     def features(self, side: str) -> np.ndarray:
         if side not in self._features:
             self._features[side] = attack_features(self.inputs, side, self.config)
         return self._features[side]
+
+    def reference_scores(self, name: str) -> Tuple[np.ndarray, Dict[str, Any]]:
+        """``(scores [n_members + n_nonmembers], resolved options)`` of a reference attack on every example
+        (members first), computed once: the per-example fits do not depend on the slice."""
+        if name not in self._reference_scores:
+            from components.membership_inference.reference_models import reference_attack_scores
+
+            if self.references is None:
+                raise ValueError(f"{name} needs reference models: give their logits on the same examples "
+                                 "(ref_logits [K, N, C] and ref_in_mask [K, N] over the members then the non-members, "
+                                 "or the evaluator's reference_models input)")
+            inputs = self.inputs
+            if not inputs.has_labels or inputs.log_probs("members") is None:
+                raise ValueError(f"{name} needs the target model's logits (or probs) and labels")
+            # log-probabilities are logits of the same softmax: exact for both signals.
+            target = (np.concatenate([as_2d_logits(inputs.logits_members), as_2d_logits(inputs.logits_nonmembers)])
+                      if inputs.logits_members is not None
+                      else np.concatenate([inputs.log_probs("members"), inputs.log_probs("nonmembers")]))
+            labels = np.concatenate([inputs.labels("members"), inputs.labels("nonmembers")])
+            ref_logits = self.references.logits
+            if ref_logits.ndim == 2:  # single-logit binary references, like as_2d_logits does for the target
+                ref_logits = np.stack([np.zeros_like(ref_logits), ref_logits], axis=-1)
+            from components.membership_inference.reference_models import ReferenceSignals
+
+            refs = ReferenceSignals(ref_logits, self.references.in_mask)
+            self._reference_scores[name] = reference_attack_scores(name, target, labels, refs,
+                                                                   self.reference_options)
+        return self._reference_scores[name]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -151,20 +195,27 @@ class AttackDefinition:
     score: ScoreFn
     trained: bool
     description: str
+    needs_references: bool = False
 
 
 ATTACKS: Dict[str, AttackDefinition] = {}
 
 
-def register_attack(name: str, *, trained: bool, description: str = ""):
+def register_attack(name: str, *, trained: bool, description: str = "", needs_references: bool = False):
     """Decorator registering ``fn(prepared, member_idx, nonmember_idx, seed) -> (scores_m, scores_n)``."""
 
     def wrap(fn: ScoreFn) -> ScoreFn:
         if name in ATTACKS:
             raise ValueError(f"attack {name!r} registered twice")
-        ATTACKS[name] = AttackDefinition(name, fn, trained, description or (fn.__doc__ or "").strip())
+        ATTACKS[name] = AttackDefinition(name, fn, trained, description or (fn.__doc__ or "").strip(),
+                                         needs_references)
         return fn
     return wrap
+
+
+def reference_attack_names(names: Sequence[str]) -> List[str]:
+    """The names among ``names`` that need reference models (lira, rmia, ...)."""
+    return [n for n in names if n in ATTACKS and ATTACKS[n].needs_references]
 
 
 def check_attack_names(names: Sequence[str]) -> List[str]:
@@ -205,6 +256,23 @@ def _threshold(prepared: PreparedInputs, im: np.ndarray, inn: np.ndarray, seed: 
 def _threshold_entropy(prepared: PreparedInputs, im: np.ndarray, inn: np.ndarray, seed: int):
     inputs = prepared.inputs
     return -inputs.entropy("members")[im], -inputs.entropy("nonmembers")[inn]
+
+
+def _reference_attack(name: str) -> ScoreFn:
+    def score(prepared: PreparedInputs, im: np.ndarray, inn: np.ndarray, seed: int):
+        scores, _ = prepared.reference_scores(name)
+        return scores[im], scores[prepared.inputs.n_members + inn]
+    return score
+
+
+for _name, _description in (
+        ("lira", "LiRA online: Gaussian likelihood ratio of the target's logit-scaled confidence, IN vs OUT "
+                 "references (Carlini et al. 2022)"),
+        ("lira_offline", "LiRA offline: one-sided test against the OUT references only"),
+        ("rmia", "RMIA online: Pr(x|target) / mean over all references, ranked against population samples "
+                 "(Zarifzadeh et al. 2024)"),
+        ("rmia_offline", "RMIA offline: as rmia with OUT references and the linear approximation a")):
+    register_attack(_name, trained=False, needs_references=True, description=_description)(_reference_attack(_name))
 
 
 # ---------------------------------------------------------------------------------------------------------

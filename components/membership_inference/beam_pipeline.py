@@ -117,6 +117,13 @@ class AuditSettings:
         from components.membership_inference import attacks as attacks_mod
 
         object.__setattr__(self, "attacks", tuple(attacks_mod.check_attack_names(list(self.attacks))))
+        with_references = attacks_mod.reference_attack_names(self.attacks)
+        if with_references:
+            # Their per-example fits need the whole reference matrix: the evaluator scores them in memory on
+            # the final model (executor.reference_attack_results), beside the references it was trained with.
+            raise ValueError(f"{', '.join(with_references)} are not run by the Beam path: they need reference "
+                             "models (the evaluator's reference_models input, or privacy-audit attack with "
+                             "ref_logits/ref_in_mask in the .npz)")
         if self.slicing.custom:
             raise ValueError("custom slices (row indices) are not supported by the Beam path; slice by a "
                              "feature (feature_keys) instead")

@@ -13,6 +13,7 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components.membership_inference import executor
 from components.membership_inference.api import DEFAULT_ATTACKS
+from components.reference_models.component import ReferenceModels
 
 DEFAULT_SLICING: Dict[str, Any] = {"entire_dataset": True, "by_class": True}
 
@@ -51,11 +52,13 @@ class MembershipInferenceEvaluatorSpec(types.ComponentSpec):
         "max_epsilon_lower_bound": ExecutionParameter(type=float, optional=True),
         "model_variant": ExecutionParameter(type=str, optional=True),
         "write_per_example": ExecutionParameter(type=int),
+        "reference_options": ExecutionParameter(type=str, optional=True),  # JSON object
     }
     INPUTS = {
         "examples": ChannelParameter(type=standard_artifacts.Examples),
         "model": ChannelParameter(type=standard_artifacts.Model),
         "model_run": ChannelParameter(type=standard_artifacts.ModelRun, optional=True),
+        "reference_models": ChannelParameter(type=ReferenceModels, optional=True),
     }
     OUTPUTS = {
         "attack_results": ChannelParameter(type=MembershipInferenceResults),
@@ -69,6 +72,17 @@ class MembershipInferenceEvaluator(base_beam_component.BaseBeamComponent):
     Evaluates the final model and every checkpoint in ``<model>/checkpoints/index.json`` (so the report
     can draw attack AUC by epoch), in one Beam pipeline: any runner through ``beam_pipeline_args``.
 
+    With a ``reference_models`` input (a ReferenceModelTrainer's K models trained with the target's recipe
+    on halves of these members and non-members), the attacks may also name ``lira``, ``lira_offline``,
+    ``rmia``, ``rmia_offline``. They are scored on the final model only, with the same slices, metrics and
+    results file as the others: the references reproduce the complete training run, so they are not a
+    reference distribution for an epoch-2 checkpoint (per-epoch LiRA would need references saved at every
+    checkpoint). Their scores are computed in the executor's process from the whole reference matrix
+    (K x M x C logits, which the ReferenceModelTrainer also holds in memory).
+
+    With a ``model_run`` holding ``one_run_audit.json`` (DPTrainer ``audit_canaries``), the blessing also
+    fails when the audit's ε lower bound exceeds the accountant's ε: the DP training is then broken.
+
     Outputs ``attack_results`` (MembershipInferenceResults: ``results/<variant>_epoch_NNNN.json``,
     ``results/<variant>_final.json``, ``index.json``, ``per_example/``) and ``blessing`` (PrivacyBlessing:
     the privacy gate on the final model: ``blessing.json``, ``BLESSED``/``NOT_BLESSED``, custom property
@@ -79,18 +93,21 @@ class MembershipInferenceEvaluator(base_beam_component.BaseBeamComponent):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
 
     def __init__(self, examples: types.BaseChannel, model: types.BaseChannel,
-                 model_run: Optional[types.BaseChannel] = None, *, label_key: str,
+                 model_run: Optional[types.BaseChannel] = None, reference_models: Optional[types.BaseChannel] = None,
+                 *, label_key: str,
                  feature_keys: Optional[Union[Sequence[str], str]] = None, members_split: str = "train",
                  nonmembers_split: str = "eval", attacks: Union[Sequence[str], str] = DEFAULT_ATTACKS,
                  slicing: Optional[Union[Mapping[str, Any], str]] = None, seed: int = 0,
                  min_slice_size: int = 20, sample_size: int = 20000, max_auc: Optional[float] = None,
                  max_attacker_advantage: Optional[float] = None,
                  max_epsilon_lower_bound: Optional[float] = None, model_variant: Optional[str] = None,
-                 write_per_example: bool = True):
+                 write_per_example: bool = True, reference_options: Optional[Union[Mapping[str, Any], str]] = None):
         """Args:
           examples: Examples with the members' and non-members' splits.
           model: the Model (keras/model.keras, checkpoints/, model_info.json).
-          model_run: optional ModelRun whose ledger.json gives ε per epoch.
+          model_run: optional ModelRun whose ledger.json gives ε per epoch (and one_run_audit.json, if any,
+            the one-run audit the gate checks).
+          reference_models: optional ReferenceModels (ReferenceModelTrainer) for lira / rmia.
           label_key: the label feature.
           feature_keys: model input features in order (default: model_info.json's input_features).
           members_split, nonmembers_split: split names (members = the model's training split).
@@ -103,7 +120,10 @@ class MembershipInferenceEvaluator(base_beam_component.BaseBeamComponent):
           max_auc, max_attacker_advantage, max_epsilon_lower_bound: the gate on the final model (none:
             always blessed).
           model_variant: results' model_variant (default: the Model's custom property model_variant).
-          write_per_example: write per-example Parquet under attack_results/per_example/.
+          write_per_example: write per-example Parquet under attack_results/per_example/ (and the reference
+            attacks' scores under per_example_reference/).
+          reference_options: options of the reference attacks, e.g. {"lira": {"fixed_variance": "auto"},
+            "rmia": {"gamma": 1.0, "offline_a": 0.3}} (see reference_models.resolve_attack_options).
         """
         attacks_json = attacks if isinstance(attacks, str) else json.dumps(list(attacks))
         slicing_json = slicing if isinstance(slicing, str) else json.dumps(
@@ -113,6 +133,11 @@ class MembershipInferenceEvaluator(base_beam_component.BaseBeamComponent):
             feature_keys_json = feature_keys if isinstance(feature_keys, str) else json.dumps(list(feature_keys))
         # Checked here so that a pipeline with bad settings fails when it is built.
         executor.parse_settings(attacks_json, slicing_json, seed, min_slice_size, sample_size)
+        reference_json = None
+        if reference_options is not None:
+            reference_json = reference_options if isinstance(reference_options, str) else json.dumps(
+                dict(reference_options), sort_keys=True)
+        executor.check_reference_attacks(attacks_json, reference_json, has_references=reference_models is not None)
         executor.parse_thresholds(max_auc, max_attacker_advantage, max_epsilon_lower_bound)
         if feature_keys_json is not None:
             executor.parse_json_list(feature_keys_json, "feature_keys")
@@ -124,7 +149,8 @@ class MembershipInferenceEvaluator(base_beam_component.BaseBeamComponent):
             attacks=attacks_json, slicing=slicing_json, seed=int(seed), min_slice_size=int(min_slice_size),
             sample_size=int(sample_size), max_auc=max_auc, max_attacker_advantage=max_attacker_advantage,
             max_epsilon_lower_bound=max_epsilon_lower_bound, model_variant=model_variant,
-            write_per_example=int(bool(write_per_example)),
+            write_per_example=int(bool(write_per_example)), reference_models=reference_models,
+            reference_options=reference_json,
             attack_results=types.Channel(type=MembershipInferenceResults),
             blessing=types.Channel(type=PrivacyBlessing))
         super().__init__(spec=spec)

@@ -525,12 +525,15 @@ class AttackInputs:
 
         Recognised keys: ``logits_*``, ``probs_*``, ``labels_*``, ``loss_*``, ``entropy_*``,
         ``sample_weight_*``, ``example_ids_*`` (alias ``ids_*``), and ``feature_<name>_*`` for slicing
-        features. Unknown keys are an error (they are usually a typo).
+        features. Keys starting with ``ref_`` (reference models' signals, read by
+        :func:`api.load_references`) are left out. Unknown keys are an error (they are usually a typo).
         """
         kwargs: Dict[str, object] = {}
         feats: Dict[str, Dict[str, np.ndarray]] = {"members": {}, "nonmembers": {}}
         unknown = []
         for key, value in arrays.items():
+            if key.startswith("ref_"):
+                continue
             if key.endswith("_train"):
                 side, base = "members", key[: -len("_train")]
             elif key.endswith("_test"):

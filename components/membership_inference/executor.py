@@ -21,9 +21,14 @@ _LOG = logging.getLogger(__name__)
 
 RESULTS_DIR = "results"
 PER_EXAMPLE_DIR = "per_example"
+PER_EXAMPLE_REFERENCE_DIR = "per_example_reference"
 INDEX_FILE = "index.json"
 BLESSING_FILE = "blessing.json"
+ONE_RUN_AUDIT_FILE = "one_run_audit.json"  # components.dp_trainer.trainer.ONE_RUN_AUDIT_FILE
 GATE_METRICS = ("auc", "attacker_advantage", "epsilon_lower_bound")
+#: TPR is reported at these FPRs; 0.01% is only meaningful with >= 10,000 non-members (the result lists
+#: unresolved targets in tpr_at_fpr_unresolved).
+FPR_TARGETS = (0.01, 0.001, 0.0001)
 _SLICING_KEYS = ("entire_dataset", "by_class", "by_percentiles", "by_classification_correctness", "feature_keys")
 
 
@@ -76,15 +81,54 @@ def slicing_from_json(text: str):
                        feature_keys=tuple(keys))
 
 
-def parse_settings(attacks_json: str, slicing_json: str, seed: int, min_slice_size: int, sample_size: int):
-    """AuditSettings from the component's parameters (validated)."""
-    from components.membership_inference.beam_pipeline import AuditSettings
+def split_attacks(attacks_json: str) -> Tuple[List[str], List[str]]:
+    """``(attacks of the Beam path, attacks with reference models)``, names validated, order kept."""
+    from components.membership_inference import attacks as attacks_mod
 
     attacks = parse_json_list(attacks_json, "attacks")
     if not attacks:
         raise ValueError("attacks must name at least one attack")
-    return AuditSettings(attacks=tuple(attacks), slicing=slicing_from_json(slicing_json), seed=int(seed),
-                         min_slice_size=int(min_slice_size), sample_size=int(sample_size))
+    names = attacks_mod.check_attack_names(attacks)
+    with_references = attacks_mod.reference_attack_names(names)
+    return [a for a in names if a not in with_references], with_references
+
+
+def parse_settings(attacks_json: str, slicing_json: str, seed: int, min_slice_size: int, sample_size: int):
+    """AuditSettings of the Beam path from the component's parameters (validated); the reference attacks
+    (lira, rmia, ...) are left to :func:`reference_attack_results`."""
+    from components.membership_inference.beam_pipeline import AuditSettings
+
+    standard, with_references = split_attacks(attacks_json)
+    if not standard:
+        raise ValueError(f"attacks {with_references} all need reference models; name at least one attack without "
+                         "them as well (e.g. threshold), which also evaluates the checkpoints")
+    return AuditSettings(attacks=tuple(standard), slicing=slicing_from_json(slicing_json), seed=int(seed),
+                         min_slice_size=int(min_slice_size), sample_size=int(sample_size),
+                         fpr_targets=FPR_TARGETS)
+
+
+def parse_reference_options(text: Optional[str]) -> Dict[str, Dict[str, Any]]:
+    """The reference attacks' options from the component's JSON (validated)."""
+    from components.membership_inference.reference_models import check_reference_options
+
+    if not text:
+        return {}
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"reference_options must be a JSON object, got {text!r} ({e})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"reference_options must be a JSON object like {{\"lira\": {{...}}}}, got {text!r}")
+    return check_reference_options(obj)
+
+
+def check_reference_attacks(attacks_json: str, reference_options_json: Optional[str], has_references: bool) -> None:
+    """Reference attacks need the reference_models input; their options must be valid."""
+    _, with_references = split_attacks(attacks_json)
+    parse_reference_options(reference_options_json)
+    if with_references and not has_references:
+        raise ValueError(f"attacks {with_references} need reference models: give the reference_models input "
+                         "(a ReferenceModelTrainer's output)")
 
 
 def parse_thresholds(max_auc: Optional[float], max_attacker_advantage: Optional[float],
@@ -101,11 +145,15 @@ def parse_thresholds(max_auc: Optional[float], max_attacker_advantage: Optional[
     return out
 
 
-def privacy_gate(results_obj: Mapping[str, Any], thresholds: Mapping[str, float]) -> Dict[str, Any]:
-    """The blessing of one results object: blessed unless some slice and attack exceeds a threshold.
+def privacy_gate(results_obj: Mapping[str, Any], thresholds: Mapping[str, float],
+                 one_run_audit: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The blessing of one results object: blessed unless some slice and attack exceeds a threshold, or the
+    one-run audit (when given, ``one_run_audit.json`` of the ModelRun) proves more leakage than the
+    accountant's ε, which means the DP training is broken.
 
     Returns ``{"blessed": bool, "thresholds": {...}, "failures": [{"slice", "slice_name", "attack",
-    "metric", "value", "threshold"}], "failing_slices": [names], "max": {metric: value}}``.
+    "metric", "value", "threshold"(, "reason")}], "failing_slices": [names], "reasons": [str],
+    "max": {metric: value}}`` (and ``one_run_audit``: its bound and claim, when given).
     """
     from components.membership_inference.slicing import slice_name
 
@@ -123,8 +171,24 @@ def privacy_gate(results_obj: Mapping[str, Any], thresholds: Mapping[str, float]
                 failures.append({"slice": r["slice"], "slice_name": slice_name(r["slice"]), "attack": r["attack"],
                                  "metric": metric, "value": float(value), "threshold": float(limit)})
     failing = sorted({f["slice_name"] for f in failures})
-    return {"blessed": not failures, "thresholds": dict(thresholds), "failures": failures,
-            "failing_slices": failing, "max": maxima}
+    reasons = [f"{len(failures)} slice/attack result(s) above the thresholds (slices: {', '.join(failing)})"] \
+        if failures else []
+    out: Dict[str, Any] = {"thresholds": dict(thresholds), "failures": failures, "failing_slices": failing}
+    if one_run_audit is not None:
+        bound = _finite_or_none(one_run_audit.get("epsilon_lower_bound"))
+        claim = _finite_or_none(one_run_audit.get("accountant_epsilon"))
+        out["one_run_audit"] = {"epsilon_lower_bound": bound, "accountant_epsilon": claim,
+                                "confidence": one_run_audit.get("confidence"),
+                                "violated": bool(one_run_audit.get("violated"))}
+        if one_run_audit.get("violated"):
+            message = one_run_audit.get("message") or (
+                f"the one-run audit proves ε >= {bound} but the accountant claims ε = {claim}")
+            failures.append({"slice": None, "slice_name": "one_run_audit", "attack": "one_run_audit",
+                             "metric": "one_run_audit_epsilon_lower_bound", "value": bound, "threshold": claim,
+                             "reason": message})
+            reasons.append(message)
+    out.update({"blessed": not failures, "reasons": reasons, "max": maxima})
+    return out
 
 
 def safe_name(text: str) -> str:
@@ -200,6 +264,149 @@ def models_to_evaluate(model_uri: str, variant: str, model_info: Mapping[str, An
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Reference attacks (no TFX)
+# ---------------------------------------------------------------------------------------------------------
+
+#: Fields of the references' recipe compared with the target's ledger: (recipe key, ledger key).
+_RECIPE_VS_LEDGER = (("epochs", "epochs_planned"), ("batch_size", "expected_batch_size"),
+                     ("learning_rate", "learning_rate"), ("optimizer", "optimizer"), ("private", "private"),
+                     ("sampling", "sampling"), ("l2_norm_clip", "l2_norm_clip"),
+                     ("noise_multiplier", "noise_multiplier"))
+
+
+def recipe_mismatches(recipe: Mapping[str, Any], ledger: Optional[Mapping[str, Any]]) -> List[str]:
+    """The recipe fields where the reference models differ from the target's ledger (empty: same recipe)."""
+    out = []
+    for rkey, lkey in _RECIPE_VS_LEDGER:
+        if not ledger or lkey not in ledger or rkey not in recipe:
+            continue
+        a, b = recipe[rkey], ledger[lkey]
+        if not ledger.get("private") and rkey in ("l2_norm_clip", "noise_multiplier"):
+            continue
+        same = (math.isclose(float(a), float(b), rel_tol=1e-9) if isinstance(a, (int, float)) and
+                isinstance(b, (int, float)) and not isinstance(a, bool) else a == b)
+        if not same:
+            out.append(f"{rkey}: references {a!r}, target {b!r}")
+    return out
+
+
+def _logits(model, x, batch_size: int = 256):
+    import numpy as np
+
+    if len(x) == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate([np.asarray(model.predict_on_batch(x[i:i + batch_size]))
+                           for i in range(0, len(x), batch_size)])
+
+
+def reference_attack_results(final: Dict[str, Any], *, model_path: str, members_pattern: str,
+                             nonmembers_pattern: str, label_key: str, input_features: List[str],
+                             references_path: str, attacks: List[str], settings: Any,
+                             reference_options: Mapping[str, Any], ledger: Optional[Mapping[str, Any]] = None,
+                             per_example_path: Optional[str] = None) -> Dict[str, Any]:
+    """Adds the reference attacks (lira, rmia, ...) on the final model to its results object ``final`` (the
+    Beam path's, with the other attacks): same slices (``settings.slicing``, ``min_slice_size``), same
+    metrics (``settings`` delta, confidence, FPR targets, ROC points), one entry per slice and attack.
+
+    The members and non-members are read in memory, the final model's logits computed, and the reference
+    signals (``references_path``, a ReferenceModels ``reference_signals.npz``) aligned to them by the sha1 of
+    each serialized example. Metadata gains ``attacks`` (all of them) and ``reference_models`` (K, the
+    design, the recipe, the attacks' resolved options, recipe fields that differ from ``ledger``).
+    Returns the merged results object (validated); writes per-example scores to ``per_example_path``.
+    """
+    import numpy as np
+
+    from components.common import examples as examples_lib
+    from components.membership_inference import api, beam_pipeline, results as results_lib
+    from components.membership_inference.data import AttackInputs
+    from components.membership_inference.reference_models import load_reference_file, sha1_to_id
+
+    members = examples_lib.load_examples(members_pattern, label_key, input_features)
+    nonmembers = examples_lib.load_examples(nonmembers_pattern, label_key, input_features)
+    model = beam_pipeline.load_keras_model(model_path)
+    logits_m, logits_n = _logits(model, members.x), _logits(model, nonmembers.x)
+    sha1 = list(members.example_hashes) + list(nonmembers.example_hashes)
+    refs = load_reference_file(references_path).align(sha1, "sha1")
+    feature_keys = list(settings.slicing.feature_keys)
+    features = None
+    if feature_keys:
+        features = [{k: np.asarray(side.features[k]) for k in feature_keys} for side in (members, nonmembers)]
+    inputs = AttackInputs(logits_members=logits_m, logits_nonmembers=logits_n, labels_members=members.y,
+                          labels_nonmembers=nonmembers.y, example_ids_members=np.asarray(members.example_hashes),
+                          example_ids_nonmembers=np.asarray(nonmembers.example_hashes),
+                          features_members=features[0] if features else None,
+                          features_nonmembers=features[1] if features else None)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", api.DuplicateExamplesWarning)  # the Beam path already reported them
+        obj = api.run_attacks(inputs, attacks, settings.slicing, seed=settings.seed,
+                              min_slice_size=settings.min_slice_size, delta=settings.delta,
+                              confidence=settings.confidence, fpr_targets=settings.fpr_targets,
+                              roc_points=settings.roc_points, references=refs,
+                              reference_options=dict(reference_options))
+    by_slice: Dict[str, List[Dict[str, Any]]] = {}
+    for entry in obj["results"]:
+        by_slice.setdefault(json.dumps(entry["slice"], sort_keys=True), []).append(entry)
+    merged: List[Dict[str, Any]] = []
+    for i, entry in enumerate(final["results"]):
+        merged.append(entry)
+        key = json.dumps(entry["slice"], sort_keys=True)
+        nxt = final["results"][i + 1] if i + 1 < len(final["results"]) else None
+        if nxt is None or json.dumps(nxt["slice"], sort_keys=True) != key:
+            merged.extend(by_slice.pop(key, []))
+    for rest in by_slice.values():
+        merged.extend(rest)
+    md = dict(final["metadata"])
+    md["attacks"] = list(md.get("attacks") or []) + list(attacks)
+    info = dict(obj["metadata"]["reference_models"])
+    info["evaluated"] = "final model only (the references reproduce the complete training run)"
+    mismatches = recipe_mismatches(refs.metadata.get("recipe") or {}, ledger)
+    info["recipe_mismatches"] = mismatches
+    if mismatches:
+        _LOG.warning("the reference models' recipe differs from the target's: %s", "; ".join(mismatches))
+    md["reference_models"] = info
+    out = results_lib.build_results(merged, md, final.get("skipped_slices", []))
+    if per_example_path:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        n_m = len(members.y)
+        cols = {"example_id": sha1_to_id(sha1), "is_member": np.arange(len(sha1)) < n_m,
+                "label": np.concatenate([members.y, nonmembers.y])}
+        for name, scores in _reference_scores(inputs, refs, attacks, reference_options).items():
+            cols[f"score_{name}"] = scores
+        _write_bytes(per_example_path, _parquet_bytes(pa, pq, cols))
+    return out
+
+
+def _reference_scores(inputs, refs, attacks, reference_options) -> Dict[str, Any]:
+    from components.membership_inference import attacks as attacks_mod
+
+    prepared = attacks_mod.PreparedInputs(inputs, references=refs, reference_options=dict(reference_options))
+    return {name: prepared.reference_scores(name)[0] for name in attacks}
+
+
+def _parquet_bytes(pa, pq, cols) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table(cols), buf)
+    return buf.getvalue()
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    """Atomic on local disks (temporary file + rename); object stores write whole objects."""
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(tmp, "wb") as f:
+        f.write(data)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Executor
 # ---------------------------------------------------------------------------------------------------------
 
@@ -216,6 +423,12 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         model = artifact_utils.get_single_instance(input_dict["model"])
         model_run = (artifact_utils.get_single_instance(input_dict["model_run"])
                      if input_dict.get("model_run") else None)
+        references = (artifact_utils.get_single_instance(input_dict["reference_models"])
+                      if input_dict.get("reference_models") else None)
+        _, reference_attacks = split_attacks(exec_properties["attacks"])
+        reference_options = parse_reference_options(exec_properties.get("reference_options"))
+        if reference_attacks and references is None:
+            raise ValueError(f"attacks {reference_attacks} need the reference_models input")
         results_art = artifact_utils.get_single_instance(output_dict["attack_results"])
         blessing_art = artifact_utils.get_single_instance(output_dict["blessing"])
 
@@ -277,7 +490,22 @@ class Executor(base_beam_executor.BaseBeamExecutor):
 
         final_key = evaluated[-1][0].key
         final = all_results[final_key]
-        blessing = privacy_gate(final, thresholds)
+        if reference_attacks:
+            from components.membership_inference.reference_models import SIGNALS_FILE
+
+            final = reference_attack_results(
+                final, model_path=evaluated[-1][0].path, members_pattern=members_pattern,
+                nonmembers_pattern=nonmembers_pattern, label_key=label_key, input_features=input_features,
+                references_path=os.path.join(references.uri, SIGNALS_FILE), attacks=reference_attacks,
+                settings=settings, reference_options=reference_options, ledger=ledger,
+                per_example_path=(os.path.join(results_art.uri, PER_EXAMPLE_REFERENCE_DIR, f"{final_key}.parquet")
+                                  if per_example else None))
+            final["metadata"]["reference_models"]["artifact"] = references.uri
+            from components.membership_inference import results as results_lib
+
+            beam_pipeline._write_text(targets[final_key].results_path, results_lib.dumps_results(final) + "\n")
+        audit = (_read_json(os.path.join(model_run.uri, ONE_RUN_AUDIT_FILE)) if model_run is not None else None)
+        blessing = privacy_gate(final, thresholds, audit)
         blessing.update({"model_variant": variant, "evaluated": f"{RESULTS_DIR}/{final_key}.json",
                          "epoch": final["metadata"].get("epoch"), "epsilon": final["metadata"].get("epsilon")})
         _write_json(os.path.join(blessing_art.uri, BLESSING_FILE), blessing)
@@ -293,4 +521,4 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         if blessing["blessed"]:
             _LOG.info("%s: blessed (%s)", variant, thresholds or "no thresholds")
         else:
-            _LOG.warning("%s: NOT blessed; failing slices: %s", variant, ", ".join(blessing["failing_slices"]))
+            _LOG.warning("%s: NOT blessed: %s", variant, "; ".join(blessing["reasons"]))

@@ -29,15 +29,29 @@ TensorFlow once and limits itself to cpu_count / n_jobs threads). Measured with
 K = 4 the references took 14.6 s with n_jobs=1 and 17.8 s with n_jobs=2; with K = 8, 37.5 s and 38.8 s.
 Each worker pays several seconds to import TensorFlow, and a one-thread worker trains a model slower than
 the main process with two threads, so on 2 cores processes do not pay for Keras models of this size:
-the default is ``n_jobs=1`` (no subprocesses). Process-level parallelism is meant for machines with many
+the default here is ``n_jobs=1`` (no subprocesses). With the DPTrainer's training loop (more Python work
+per step) 2 processes did pay from K = 8 (1.3x): :func:`train_for_trainer_recipe` picks the number with
+:func:`auto_n_jobs`. Process-level parallelism is otherwise meant for machines with many
 cores (and K large enough to amortise the start-up); large audits should rather spread reference models
 over a distributed runner, one element per model with :func:`train_reference_model` (same design and
 seeds), and write the stacked matrix with :func:`save_reference_signals`.
 With ``n_jobs > 1``, ``build_model_fn`` must be importable (a module-level function): it is sent to the
 workers by reference.
 
-Scoring: :func:`score_with_references` (defined in :mod:`strong_attacks`, re-exported here) and
-:func:`reference_attack_results`, which turns scores into entries of the attack results JSON.
+In the pipeline. The ReferenceModelTrainer component (components/reference_models/) calls
+:func:`train_for_trainer_recipe`: the DPTrainer's recipe resolved as for the target (same model, hparams and
+initialisation seed, optimizer, epochs, expected batch size, clip norm and noise multiplier), the DPTrainer's
+training loop, and by default subsets as large as the target's training set (``fraction`` = members /
+population), so that each reference repeats the target's run: same sampling rate, steps and noise. The
+matrix is stored with per-example columns (the sha1 of each serialized example, which the evaluator aligns
+on). Measured on the digits demo's non-private target (wide MLP on 463 of 1797 examples, K = 4): LiRA's TPR at
+1% FPR was 0.054 with subsets as large as the target's training set and 0.035 with halves (LiRA offline
+0.058 vs 0.054); K = 16 raised it to 0.121 (the threshold attack: 0.004).
+
+Scoring: :func:`score_with_references` (defined in :mod:`strong_attacks`, re-exported here),
+:func:`reference_attack_scores` (the evaluator's attack names ``lira``, ``lira_offline``, ``rmia``,
+``rmia_offline`` with :func:`resolve_attack_options`), used per slice by :func:`api.run_attacks`; and
+:func:`reference_attack_results`, a shortcut that turns scores into entries of the attack results JSON.
 """
 
 from __future__ import annotations
@@ -55,8 +69,9 @@ import numpy as np
 from components.membership_inference.strong_attacks import ATTACKS, score_with_references
 
 __all__ = ["inclusion_matrix", "TrainingRecipe", "train_reference_models", "train_reference_model",
-           "save_reference_signals", "load_reference_signals", "score_with_references",
-           "reference_attack_results"]
+           "train_for_trainer_recipe", "ModelBuilder", "save_reference_signals", "load_reference_signals",
+           "load_reference_file", "ReferenceSignals", "REFERENCE_ATTACKS", "resolve_attack_options",
+           "reference_attack_scores", "score_with_references", "reference_attack_results"]
 
 FORMAT_VERSION = 1
 FIT_BACKENDS = ("auto", "keras", "dp_trainer")
@@ -253,8 +268,8 @@ def train_reference_models(build_model_fn: Callable[[], Any], x_population, y_po
                            private: bool = False, l2_norm_clip: float = 1.0,
                            noise_multiplier: Optional[float] = None, optimizer: str = "adam",
                            sampling: str = "poisson", fit_with: str = "auto", fraction: float = 0.5,
-                           n_jobs: int = 1, cache_path: Optional[str] = None, verbose: bool = False
-                           ) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
+                           n_jobs: int = 1, cache_path: Optional[str] = None, verbose: bool = False,
+                           return_metadata: bool = False):
     """Trains K reference models on balanced random halves of the population; returns their logits.
 
     Args:
@@ -272,8 +287,10 @@ def train_reference_models(build_model_fn: Callable[[], Any], x_population, y_po
       n_jobs: worker processes (1: train in this process; -1: one per CPU core).
       cache_path: ``.npz`` file: reused when its fingerprint matches, written after training otherwise.
       verbose: print one line per model.
+      return_metadata: also return the training record (recipe, seeds, fingerprint, seconds per model).
     Returns:
-      ``(signals, in_mask)``: ``signals["logits"]`` float32 [K, M, C], ``in_mask`` bool [K, M].
+      ``(signals, in_mask)``: ``signals["logits"]`` float32 [K, M, C], ``in_mask`` bool [K, M]; with
+      ``return_metadata``, ``(signals, in_mask, metadata)``.
     """
     x = np.asarray(x_population)
     y = np.asarray(y_population)
@@ -304,7 +321,7 @@ def train_reference_models(build_model_fn: Callable[[], Any], x_population, y_po
             if same and np.array_equal(cached_mask, in_mask):
                 if verbose:
                     print(f"reference models: reusing {cache_path}", flush=True)
-                return signals, cached_mask
+                return (signals, cached_mask, cached_md) if return_metadata else (signals, cached_mask)
             if verbose:
                 print(f"reference models: {cache_path} is for another population/recipe; retraining", flush=True)
 
@@ -342,7 +359,143 @@ def train_reference_models(build_model_fn: Callable[[], Any], x_population, y_po
     metadata["n_jobs"] = n_workers
     if cache_path is not None:
         save_reference_signals(cache_path, signals, in_mask, metadata)
-    return signals, in_mask
+    return (signals, in_mask, metadata) if return_metadata else (signals, in_mask)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# References for a DPTrainer recipe (the ReferenceModelTrainer component's library)
+# ---------------------------------------------------------------------------------------------------------
+
+#: How each reference model is initialised: "target" = the target's own initialisation (the hparams seed of
+#: its recipe; each reference still differs by its training subset, batches and noise), "independent" = a
+#: fresh seed per model.
+INIT_MODES = ("target", "independent")
+SIGNALS_FILE = "reference_signals.npz"
+#: n_jobs = 0 (automatic): one worker process per this many models (each pays TensorFlow's start-up).
+MODELS_PER_WORKER = 4
+
+
+def auto_n_jobs(k: int) -> int:
+    """Worker processes for K models: one per :data:`MODELS_PER_WORKER` models, at most one per CPU core
+    (1: in this process). See the ReferenceModelTrainer's doc for the measurements behind it."""
+    return max(1, min(os.cpu_count() or 1, k // MODELS_PER_WORKER))
+
+
+class ModelBuilder:
+    """``() -> keras.Model`` for a DPTrainer recipe (picklable, for ``n_jobs > 1``): the built-in model or the
+    user's module function, from the target's ``hparams``. With ``init="independent"`` the hparams seed is
+    replaced by one drawn from numpy's global generator, which :func:`train_one` seeds per model."""
+
+    def __init__(self, hparams: Mapping[str, Any], module_file: Optional[str] = None,
+                 model_fn: str = "build_keras_model", builtin: str = "auto", init: str = "target"):
+        if init not in INIT_MODES:
+            raise ValueError(f"init must be one of {INIT_MODES}, got {init!r}")
+        self.hparams = dict(hparams)
+        self.module_file = module_file
+        self.model_fn = model_fn
+        self.builtin = builtin
+        self.init = init
+
+    def __call__(self):
+        from components.dp_trainer.models import build_model
+
+        hparams = dict(self.hparams)
+        if self.init == "independent":
+            hparams["seed"] = int(np.random.randint(0, 2 ** 31 - 1))
+        return build_model(hparams, module_file=self.module_file, model_fn=self.model_fn, builtin=self.builtin)
+
+
+def sha1_to_id(sha1_hex: Sequence[str]) -> np.ndarray:
+    """uint64 example ids from hex sha1 digests: the first 64 bits (the ``id``/``example_id`` of the
+    evaluator's per-example records)."""
+    return np.fromiter((int(h[:16], 16) for h in sha1_hex), dtype=np.uint64, count=len(sha1_hex))
+
+
+def train_for_trainer_recipe(output_path: str, config: Any, *, x_members: np.ndarray, y_members: np.ndarray,
+                             x_nonmembers: np.ndarray, y_nonmembers: np.ndarray, sha1_members: Sequence[str],
+                             sha1_nonmembers: Sequence[str], input_features: Sequence[str], k: int = 4,
+                             seed: int = 0, init: str = "target", fraction: Optional[float] = None, n_jobs: int = 1,
+                             split_names: Tuple[str, str] = ("train", "eval"), verbose: bool = True
+                             ) -> ReferenceSignals:
+    """Trains K reference models with a DPTrainer recipe on balanced random subsets of the population (the
+    target's members then its non-members) and writes ``output_path`` (:func:`save_reference_signals`:
+    logits [K, M, C], in_mask [K, M], per-example ``sha1``, ``id``, ``label``, ``split``, and the record).
+
+    Args:
+      config: the target's :class:`components.dp_trainer.trainer.DPTrainingConfig`. The recipe is resolved
+        as the DPTrainer resolves it for the target: the same model and hparams (input size, classes from
+        the members' labels, seed), optimizer, learning rate, epochs, expected batch size, sampling, clip
+        norm and, for a private recipe, the noise multiplier (calibrated from ``target_epsilon`` for the
+        members' count and the planned steps, as the target's was). Each reference trains with the
+        project's DP-SGD loop (:func:`components.dp_trainer.training.fit`), like the target.
+      x_members, y_members, x_nonmembers, y_nonmembers: the population's inputs [N, D] and labels [N].
+      sha1_members, sha1_nonmembers: hex sha1 of each serialized example (``examples.load_examples``).
+      input_features: the ordered names of the model's input features.
+      k, seed, fraction: the design (:func:`inclusion_matrix`; ``seed`` also seeds every model's batches
+        and noise). ``fraction`` None (default): the target's share of the population (members / (members
+        + non-members)), so that each reference trains on as many examples as the target did, with the same
+        sampling rate, steps and noise: the recipe's training run, not only its hyperparameters (a
+        reference on twice the data would take twice the steps and generalise better than the target).
+        The fraction is kept within [1/K, (K-1)/K], so that every example has an IN and an OUT model.
+        init: :data:`INIT_MODES`.
+      n_jobs: worker processes (1: in this process); 0: :func:`auto_n_jobs`. Workers are spawned: the
+        ``__main__`` module must be import-safe (an ``if __name__ == "__main__":`` guard).
+    """
+    from components.dp_trainer import sampling, trainer
+
+    if k < 1:
+        raise ValueError(f"k (the number of reference models) must be >= 1, got {k}")
+    y_members = np.asarray(y_members).astype(np.int64)
+    y_nonmembers = np.asarray(y_nonmembers).astype(np.int64)
+    num_classes = int(y_members.max()) + 1  # as the DPTrainer: the model's outputs
+    if len(y_nonmembers) and int(y_nonmembers.max()) >= num_classes:
+        raise ValueError(f"a non-member has label {int(y_nonmembers.max())}, outside the {num_classes} classes "
+                         "of the members (the target model's outputs)")
+    n_target = len(y_members)
+    config.validate(n_examples=n_target)
+    sampler_cls = sampling.PoissonSampler if config.sampling == "poisson" else sampling.ShuffleSampler
+    steps_per_epoch = sampler_cls(n_target, config.batch_size, seed=config.seed).steps_per_epoch
+    noise_multiplier, delta = trainer.resolve_noise(config, n_target, steps_per_epoch)
+    hparams = trainer.model_hparams(config, x_members, num_classes, list(input_features))
+    builder = ModelBuilder(hparams, config.module_file, config.model_fn, config.builtin_model, init)
+    x = np.concatenate([np.asarray(x_members, np.float32), np.asarray(x_nonmembers, np.float32)])
+    y = np.concatenate([y_members, y_nonmembers])
+    wanted = n_target / len(y) if fraction is None else float(fraction)
+    if not 0.0 < wanted < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), got {wanted}")
+    # Every example keeps at least one IN and one OUT model (fraction * k in [1, k - 1]): with few models
+    # the subsets are made slightly larger or smaller than asked rather than leave examples uncovered.
+    fraction = min(max(wanted, 1.0 / k), (k - 1.0) / k)
+    if verbose and abs(fraction - wanted) > 1e-12:
+        print(f"[{config.model_variant}] reference subsets of {fraction:.3g} of the population instead of "
+              f"{wanted:.3g}, so that every example has an IN and an OUT model among the {k}", flush=True)
+    sha1 = np.asarray(list(sha1_members) + list(sha1_nonmembers))
+    if len(np.unique(sha1)) != len(sha1):
+        raise ValueError(f"{len(sha1) - len(np.unique(sha1))} examples appear twice in the population (same "
+                         "serialized example): their reference inclusion would be ambiguous; deduplicate the splits")
+    if verbose:
+        mode = (f"DP-{config.optimizer.upper()} σ={noise_multiplier:.4g}, C={config.l2_norm_clip}"
+                if config.private else "non-private")
+        print(f"[{config.model_variant}] training {k} reference models, each on a random {fraction:.0%} of "
+              f"{len(y)} examples ({n_target} members + {len(y_nonmembers)} non-members), {config.epochs} epochs, "
+              f"{mode}, init={init}", flush=True)
+    signals, in_mask, metadata = train_reference_models(
+        builder, x, y, k=k, epochs=config.epochs, batch_size=config.batch_size,
+        learning_rate=config.learning_rate, seed=seed, private=config.private, l2_norm_clip=config.l2_norm_clip,
+        noise_multiplier=noise_multiplier, optimizer=config.optimizer, sampling=config.sampling,
+        fit_with="dp_trainer", fraction=fraction, n_jobs=n_jobs or auto_n_jobs(k), verbose=verbose,
+        return_metadata=True)
+    metadata.update({
+        "init": init, "fraction_wanted": wanted, "target_model_variant": config.model_variant,
+        "target_n_examples": n_target,
+        "target_seed": int(config.seed), "num_classes": num_classes, "input_features": list(input_features),
+        "noise_multiplier": noise_multiplier, "delta": delta, "hparams": hparams,
+        "model": config.module_file or config.builtin_model, "model_fn": config.model_fn,
+        "split_names": list(split_names)})
+    split = np.asarray([split_names[0]] * n_target + [split_names[1]] * len(y_nonmembers))
+    examples = {"sha1": sha1, "id": sha1_to_id(sha1), "label": y, "split": split}
+    save_reference_signals(output_path, signals, in_mask, metadata, examples)
+    return ReferenceSignals(signals["logits"], in_mask, examples=examples, metadata=metadata)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -350,12 +503,21 @@ def train_reference_models(build_model_fn: Callable[[], Any], x_population, y_po
 # ---------------------------------------------------------------------------------------------------------
 
 def save_reference_signals(path: str, signals: Mapping[str, np.ndarray], in_mask: np.ndarray,
-                           metadata: Optional[Mapping[str, Any]] = None) -> None:
+                           metadata: Optional[Mapping[str, Any]] = None,
+                           examples: Optional[Mapping[str, np.ndarray]] = None) -> None:
     """Writes ``signals`` (e.g. {"logits": [K, M, C]}), ``in_mask`` [K, M] and JSON ``metadata`` to one
-    uncompressed ``.npz`` (numeric arrays and one string; readable with ``allow_pickle=False``).
-    Written to a temporary name beside ``path`` and moved into place."""
+    uncompressed ``.npz`` (numeric and fixed-width string arrays only; readable with ``allow_pickle=False``).
+    ``examples``: optional per-example columns [M] (e.g. ``{"sha1": [M] str, "label": [M] int}``), stored
+    as ``example_<name>``. Written to a temporary name beside ``path`` and moved into place."""
     in_mask = np.asarray(in_mask, dtype=bool)
     arrays: Dict[str, np.ndarray] = {}
+    for name, arr in (examples or {}).items():
+        arr = np.asarray(arr)
+        if arr.dtype == object:
+            arr = arr.astype(str)
+        if arr.shape != in_mask.shape[1:]:
+            raise ValueError(f"example column {name!r} has shape {arr.shape}; expected [{in_mask.shape[1]}]")
+        arrays[f"example_{name}"] = arr
     for name, arr in signals.items():
         arr = np.asarray(arr)
         if arr.dtype == object:
@@ -374,6 +536,12 @@ def save_reference_signals(path: str, signals: Mapping[str, np.ndarray], in_mask
 
 def load_reference_signals(path: str) -> Tuple[Dict[str, np.ndarray], np.ndarray, Dict[str, Any]]:
     """Reads a file written by :func:`save_reference_signals`: ``(signals, in_mask, metadata)``."""
+    refs = load_reference_file(path)
+    return {"logits": refs.logits, **refs.extra_signals}, refs.in_mask, refs.metadata
+
+
+def load_reference_file(path: str) -> "ReferenceSignals":
+    """Reads a file written by :func:`save_reference_signals` (with its per-example columns, if any)."""
     with np.load(path, allow_pickle=False) as data:
         names = set(data.files)
         if "in_mask" not in names or "metadata_json" not in names:
@@ -381,9 +549,165 @@ def load_reference_signals(path: str) -> Tuple[Dict[str, np.ndarray], np.ndarray
         signals = {n[len("signal_"):]: data[n] for n in data.files if n.startswith("signal_")}
         in_mask = data["in_mask"].astype(bool)
         metadata = json.loads(str(data["metadata_json"]))
+        examples = {n[len("example_"):]: data[n] for n in data.files if n.startswith("example_")}
     if metadata.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
         raise ValueError(f"{path}: unsupported format_version {metadata.get('format_version')!r}")
-    return signals, in_mask, metadata
+    if "logits" not in signals:
+        raise ValueError(f"{path}: no signal_logits array (the reference models' logits)")
+    return ReferenceSignals(signals["logits"], in_mask, examples=examples, metadata=metadata,
+                            extra_signals={k: v for k, v in signals.items() if k != "logits"})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reference signals as attack inputs; attack names and options
+# ---------------------------------------------------------------------------------------------------------
+
+#: Attack names with reference models, as the evaluator and ``privacy-audit attack`` accept them:
+#: name -> (attack of :func:`score_with_references`, online).
+REFERENCE_ATTACKS: Dict[str, Tuple[str, bool]] = {
+    "lira": ("lira", True), "lira_offline": ("lira", False),
+    "rmia": ("rmia", True), "rmia_offline": ("rmia", False)}
+#: Options of each attack family (keys of ``options[family]``); see :func:`resolve_attack_options`.
+ATTACK_OPTIONS = {"lira": ("fixed_variance", "ddof", "min_std"), "rmia": ("gamma", "offline_a")}
+#: LiRA's per-example variance needs many references: below this many reference models the global
+#: ("fixed") variance is used when ``fixed_variance`` is "auto" (Carlini et al. 2022 use the fixed variance
+#: below 64 shadow models, i.e. below 32 IN and 32 OUT per example).
+FIXED_VARIANCE_BELOW = 64
+
+
+def check_reference_options(options: Optional[Mapping[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Validated ``{"lira": {...}, "rmia": {...}}`` options (unknown keys name the valid ones)."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for family, opts in (options or {}).items():
+        if family not in ATTACK_OPTIONS:
+            raise ValueError(f"reference attack options: unknown attack {family!r}; "
+                             f"options are for {sorted(ATTACK_OPTIONS)}")
+        if not isinstance(opts, Mapping):
+            raise ValueError(f"reference attack options for {family!r} must be an object, got {opts!r}")
+        bad = sorted(set(opts) - set(ATTACK_OPTIONS[family]))
+        if bad:
+            raise ValueError(f"reference attack options: unknown option(s) {bad} for {family}; "
+                             f"valid: {list(ATTACK_OPTIONS[family])}")
+        fv = opts.get("fixed_variance", "auto")
+        if not (isinstance(fv, bool) or fv == "auto"):
+            raise ValueError(f"lira fixed_variance must be true, false or \"auto\", got {fv!r}")
+        for key in ("gamma", "min_std"):
+            if key in opts and not (isinstance(opts[key], (int, float)) and opts[key] > 0):
+                raise ValueError(f"{family} {key} must be a number > 0, got {opts[key]!r}")
+        if "offline_a" in opts and not (isinstance(opts["offline_a"], (int, float)) and 0 <= opts["offline_a"] <= 1):
+            raise ValueError(f"rmia offline_a must be in [0, 1], got {opts['offline_a']!r}")
+        if "ddof" in opts and opts["ddof"] not in (0, 1):
+            raise ValueError(f"lira ddof must be 0 or 1, got {opts['ddof']!r}")
+        out[family] = dict(opts)
+    return out
+
+
+def resolve_attack_options(name: str, k: int, options: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The keyword arguments of :func:`score_with_references` for attack ``name`` (a key of
+    :data:`REFERENCE_ATTACKS`) with K reference models: ``attack``, ``online``, and for LiRA
+    ``fixed_variance`` (default "auto": True when K < :data:`FIXED_VARIANCE_BELOW`), for RMIA ``gamma`` and
+    ``offline_a`` (defaults of :func:`strong_attacks.rmia_scores`)."""
+    if name not in REFERENCE_ATTACKS:
+        raise ValueError(f"unknown reference attack {name!r}; choose from {', '.join(REFERENCE_ATTACKS)}")
+    attack, online = REFERENCE_ATTACKS[name]
+    opts = dict(check_reference_options(options).get(attack, {}))
+    out: Dict[str, Any] = {"attack": attack, "online": online}
+    if attack == "lira":
+        fv = opts.pop("fixed_variance", "auto")
+        out["fixed_variance"] = bool(k < FIXED_VARIANCE_BELOW) if fv == "auto" else bool(fv)
+    else:
+        out.update(gamma=1.0, offline_a=0.3)
+    out.update(opts)
+    return out
+
+
+@dataclasses.dataclass
+class ReferenceSignals:
+    """The reference models' outputs on a population of M examples.
+
+    Attributes:
+      logits: [K, M, C] float logits of the K reference models (or [K, M] for single-logit binary models).
+      in_mask: [K, M] bool, True where example i was in reference model k's training set.
+      examples: per-example columns [M] (e.g. ``sha1``: the hex sha1 of each serialized tf.Example).
+      metadata: the training record (recipe, seed, K, ...).
+      extra_signals: other [K, M, ...] arrays stored beside the logits.
+    """
+    logits: np.ndarray
+    in_mask: np.ndarray
+    examples: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    metadata: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    extra_signals: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.logits = np.asarray(self.logits)
+        mask = np.asarray(self.in_mask)
+        if self.logits.dtype == object or not np.issubdtype(self.logits.dtype, np.number):
+            raise ValueError(f"ref_logits must be numeric, got dtype {self.logits.dtype}")
+        if self.logits.ndim not in (2, 3) or self.logits.shape[0] < 1:
+            raise ValueError(f"ref_logits must have shape [K, M, C] (K >= 1 reference models), got "
+                             f"{list(self.logits.shape)}")
+        if mask.shape != self.logits.shape[:2]:
+            raise ValueError(f"ref_in_mask must have shape [K, M] = {list(self.logits.shape[:2])} like ref_logits, "
+                             f"got {list(mask.shape)}")
+        if mask.dtype != np.bool_:
+            if not np.all(np.isin(mask, (0, 1))):
+                raise ValueError("ref_in_mask must be boolean (or 0/1)")
+            mask = mask.astype(bool)
+        self.in_mask = mask
+        if not np.all(np.isfinite(self.logits)):
+            raise ValueError(f"ref_logits contain {int((~np.isfinite(self.logits)).sum())} non-finite values")
+        for name, col in self.examples.items():
+            if np.shape(col) != (self.m,):
+                raise ValueError(f"reference example column {name!r} must have shape [{self.m}], got {np.shape(col)}")
+
+    @property
+    def k(self) -> int:
+        return int(self.logits.shape[0])
+
+    @property
+    def m(self) -> int:
+        return int(self.logits.shape[1])
+
+    def take(self, idx: np.ndarray) -> "ReferenceSignals":
+        """The columns ``idx`` (population order of the audit), every per-example column with them."""
+        idx = np.asarray(idx)
+        return ReferenceSignals(self.logits[:, idx], self.in_mask[:, idx],
+                                {k: v[idx] for k, v in self.examples.items()}, dict(self.metadata),
+                                {k: v[:, idx] for k, v in self.extra_signals.items()})
+
+    def align(self, example_ids: Sequence[str], column: str = "sha1") -> "ReferenceSignals":
+        """The columns for ``example_ids`` in their order (matched on the per-example column ``column``,
+        e.g. the sha1 of each serialized example). ValueError naming how many are missing."""
+        if column not in self.examples:
+            raise ValueError(f"the reference signals have no per-example {column!r} column to align on")
+        position = {str(v): i for i, v in enumerate(self.examples[column].tolist())}
+        idx = np.fromiter((position.get(str(e), -1) for e in example_ids), dtype=np.int64, count=len(example_ids))
+        missing = int((idx < 0).sum())
+        if missing:
+            raise ValueError(f"{missing} of {len(idx)} audited examples are not in the reference models' population "
+                             "(the references were trained on other examples: retrain them on these Examples)")
+        return self.take(idx)
+
+    def summary(self) -> Dict[str, Any]:
+        """JSON-ready description for results metadata."""
+        return {"k": self.k, "m": self.m, "in_per_example_min": int(self.in_mask.sum(axis=0).min()),
+                "in_per_example_max": int(self.in_mask.sum(axis=0).max()),
+                **{key: self.metadata[key] for key in ("seed", "fraction", "recipe", "init")
+                   if key in self.metadata}}
+
+
+def reference_attack_scores(name: str, target_logits, labels, references: ReferenceSignals,
+                            options: Optional[Mapping[str, Any]] = None) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """Scores of reference attack ``name`` (:data:`REFERENCE_ATTACKS`) on the references' population, in
+    its order: ``target_logits`` [M, C] and ``labels`` [M] of the same examples. Returns ``(scores [M],
+    the resolved options)``."""
+    opts = resolve_attack_options(name, references.k, options)
+    kwargs = {k: v for k, v in opts.items() if k != "attack"}
+    if opts["attack"] == "rmia":
+        kwargs.pop("fixed_variance", None)
+    scores = score_with_references(target_logits, labels, references.logits, references.in_mask, opts["attack"],
+                                   **kwargs)
+    return scores, opts
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from components.privacy_report.summary import text_summary
 INDEX_FILE = "index.json"
 RESULTS_DIR = "results"
 LEDGER_FILE = "ledger.json"
+ONE_RUN_AUDIT_FILE = "one_run_audit.json"  # components.dp_trainer.trainer.ONE_RUN_AUDIT_FILE
 BLESSING_FILE = "blessing.json"
 
 
@@ -102,6 +103,18 @@ def read_blessings(artifacts: List[types.Artifact], variants: List[str]) -> Dict
     return out
 
 
+def read_model_run(uri: str) -> load.Ledger:
+    """The ledger of a ModelRun artifact, with its one-run audit when the DPTrainer ran one."""
+    import dataclasses
+
+    ledger = load.read_ledger(_read_json(_join(uri, LEDGER_FILE)), name=_join(uri, LEDGER_FILE))
+    audit_path = _join(uri, ONE_RUN_AUDIT_FILE)
+    if fileio.exists(audit_path):
+        ledger = dataclasses.replace(ledger, one_run_audit=load.read_one_run_audit(_read_json(audit_path),
+                                                                                     name=audit_path))
+    return ledger
+
+
 class Executor(base_executor.BaseExecutor):
 
     def _history(self, exec_properties: Dict[str, Any], report_uri: str) -> Optional[List[Dict[str, Any]]]:
@@ -125,8 +138,7 @@ class Executor(base_executor.BaseExecutor):
         report = artifact_utils.get_single_instance(output_dict["report"])
         results = [load.read_results(_read_json(path), name=path)
                    for artifact in pooled_inputs(input_dict, "attack_results") for path in _results_paths(artifact)]
-        ledgers = [load.read_ledger(_read_json(_join(a.uri, LEDGER_FILE)), name=_join(a.uri, LEDGER_FILE))
-                   for a in pooled_inputs(input_dict, "ledgers")]
+        ledgers = [read_model_run(a.uri) for a in pooled_inputs(input_dict, "ledgers")]
         variants = list(dict.fromkeys(r.model_variant for r in results))
         blessings = read_blessings(pooled_inputs(input_dict, "blessings"), variants)
         history = self._history(exec_properties, report.uri)

@@ -38,6 +38,7 @@ from components.privacy_report.load import (
     slice_label,
 )
 from components.privacy_report.summary import (
+    AUDIT_KEY,
     TPR_KEY,
     build_summary,
     format_epsilon,
@@ -62,6 +63,15 @@ METRIC_EXPLANATIONS = (
                        "of non-members: the confident, low-false-alarm regime that matters for a real attack."),
     ("Empirical ε lower bound", "The smallest ε consistent with the attack's measured true- and false-positive "
                                 "rates; it can never exceed a correct DP ε, so a larger value points to a bug."),
+    ("One-run audit ε ≥", "The privacy audit with one training run (Steinke, Nasr, Jagielski 2023): canaries "
+                          "(training examples with a wrong label) each included with probability 1/2 in one more "
+                          "training run of the same recipe; the correct membership guesses prove ε at least this "
+                          "large at the stated confidence. Above the accountant's ε, the DP training is broken and "
+                          "the model is not blessed."),
+    ("LiRA, RMIA", "Attacks with reference models trained with the same recipe on random halves of the data: "
+                   "they compare each example's output with how models that did and did not train on it behave "
+                   "(LiRA: Carlini et al. 2022; RMIA: Zarifzadeh et al. 2024), and are much stronger than the "
+                   "threshold attack at low false-positive rates."),
     ("PPV", "Positive predictive value: the fraction of examples the attacker calls members that really are."),
     ("Blessed", "Whether the final model passed the privacy thresholds of the evaluator's gate "
                 "(“no gate” when no thresholds were configured)."),
@@ -188,8 +198,35 @@ def _epsilon_cell(row: Mapping[str, Any]) -> str:
     return text
 
 
+def _audit_cell(row: Mapping[str, Any]) -> str:
+    """The one-run audit's bound, with the claim it was tested against (the accountant's ε of the audit
+    run at the audit's δ, which may be smaller than the ledger's)."""
+    audit = row.get("one_run_audit")
+    if not audit:
+        return "–"
+    text = _e(format_number(audit.get("epsilon_lower_bound"), 2))
+    details = []
+    if audit.get("accountant_epsilon") is not None:
+        details.append(f"vs ε = {format_number(audit['accountant_epsilon'], 2)}")
+    if audit.get("delta") is not None:
+        details.append(f"δ = {format(audit['delta'], '.1g')}")
+    if audit.get("confidence") is not None:
+        details.append(f"{format(audit['confidence'], '.0%')} conf.")
+    if audit.get("n_canaries") is not None:
+        details.append(f"{audit['n_canaries']} canaries")
+    if details:
+        text += f'<br><span class="small">{_e(", ".join(details))}</span>'
+    if audit.get("violated"):
+        text += '<br><span class="badge bad">exceeds ε: DP broken</span>'
+    return text
+
+
 def _summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    head = ("<tr><th>Variant</th><th>Training</th><th class=num>DP ε</th><th class=num>Test accuracy</th>"
+    # The one-run audit column only when some variant ran the audit (DPTrainer audit_canaries).
+    audited = any(r.get("one_run_audit") for r in rows)
+    head = ("<tr><th>Variant</th><th>Training</th><th class=num>DP ε</th>"
+            + ("<th class=num>One-run audit ε ≥</th>" if audited else "")
+            + "<th class=num>Test accuracy</th>"
             "<th class=num>Max AUC</th><th class=num>Max advantage</th><th class=num>TPR @ 0.1% FPR</th>"
             "<th class=num>ε lower bound</th><th>Most vulnerable slice</th><th>Blessed</th></tr>")
     body = []
@@ -202,7 +239,8 @@ def _summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
         body.append(
             f"<tr><td class=name>{_e(r['name'])}</td><td>{training}</td>"
             f"<td class=num>{_epsilon_cell(r)}</td>"
-            f"<td class=num>{_e(format_number(r.get('test_accuracy')))}</td>"
+            + (f"<td class=num>{_audit_cell(r)}</td>" if audited else "")
+            + f"<td class=num>{_e(format_number(r.get('test_accuracy')))}</td>"
             f"<td class=num>{_e(format_number(r.get('max_auc')))}</td>"
             f"<td class=num>{_e(format_number(r.get('max_attacker_advantage')))}</td>"
             f"<td class=num>{_e(format_number(r.get(TPR_KEY)))}</td>"
@@ -307,6 +345,28 @@ def _vulnerable_table(variants: Mapping[str, VariantResults]) -> str:
     return f'<div class="scroll"><table>{head}{"".join(body)}</table></div>'
 
 
+def _attacks_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Per variant and attack, the final model's entire-data-set AUC and TPR at 1%, 0.1% and 0.01% FPR (the
+    last only with >= 10,000 non-members, where it is resolvable)."""
+    body = []
+    for r in rows:
+        for a in r.get("attacks") or []:
+            t4 = a.get("tpr_at_fpr_0.0001")
+            body.append(
+                f"<tr><td class=name>{_e(r['name'])}</td><td>{_e(a['attack'])}</td>"
+                f"<td class=num>{_e(format_number(a.get('auc')))}</td>"
+                f"<td class=num>{_e(format_number(a.get('tpr_at_fpr_0.01')))}</td>"
+                f"<td class=num>{_e(format_number(a.get('tpr_at_fpr_0.001')))}</td>"
+                f"<td class=num>{_e(format_number(t4, 4) if t4 is not None else '–')}</td></tr>")
+    if not body:
+        return ""
+    head = ("<tr><th>Variant</th><th>Attack</th><th class=num>AUC</th><th class=num>TPR @ 1% FPR</th>"
+            "<th class=num>TPR @ 0.1% FPR</th><th class=num>TPR @ 0.01% FPR</th></tr>")
+    return (f'<div class="scroll"><table>{head}{"".join(body)}</table></div>'
+            '<p class="small">Entire data set, final model. TPR @ 0.01% FPR needs at least 10,000 non-members '
+            "to be resolved (fewer: “–”).</p>")
+
+
 def _pretty_time(value: Any) -> str:
     """"2024-06-01T12:00:00+00:00" -> "2024-06-01 12:00 UTC"; a bare date stays a date."""
     text = str(value)
@@ -339,7 +399,8 @@ def _failures_table(rows: Sequence[Mapping[str, Any]]) -> str:
             value, threshold = f.get("value"), f.get("threshold")
             body.append(
                 f"<tr><td class=name>{_e(r['name'])}</td><td>{_e(where)}</td><td>{_e(f.get('attack', '–'))}</td>"
-                f"<td>{_e(f.get('metric', '–'))}</td>"
+                f"<td>{_e(f.get('metric', '–'))}"
+                + (f'<br><span class="small">{_e(f["reason"])}</span>' if f.get("reason") else "") + "</td>"
                 f"<td class=num>{_e(format_number(value) if isinstance(value, (int, float)) else value)}</td>"
                 f"<td class=num>{_e(format_number(threshold) if isinstance(threshold, (int, float)) else threshold)}"
                 f"</td></tr>")
@@ -394,9 +455,10 @@ def render_html(
         ("privacy_vs_accuracy", "Privacy vs utility",
          "The same worst-case metrics against test accuracy, one line per variant through its evaluated "
          "checkpoints (star = final model): a steep line means accuracy gains cost much privacy."),
-        ("roc_curves", "ROC curves of the most vulnerable slices",
-         "ROC curve of each variant's most vulnerable (slice, attack) on the final model, on log-log axes to "
-         "show the low false-positive region; the dashed diagonal is random guessing."),
+        ("roc_curves", "ROC curves of the most vulnerable slices and of every attack",
+         "Left: ROC curve of each variant's most vulnerable (slice, attack) on the final model. Then, one panel "
+         "per variant: every attack on the entire data set. Log-log axes show the low false-positive region; "
+         "the dashed diagonal is random guessing."),
         ("slice_heatmap", "Per-slice vulnerability",
          "Attack AUC for every slice (rows) and attack (columns) of each variant's final model."),
     )
@@ -404,8 +466,9 @@ def render_html(
         if name in pngs:
             parts.append(f'<section id="{name}"><h2>{heading}</h2>')
             if name == "roc_curves":
-                parts.append(f'<div class="side"><div>{_figure(pngs[name], heading, caption)}</div>'
-                             f"<div><h3>Most vulnerable slice per variant</h3>"
+                parts.append(_figure(pngs[name], heading, caption))
+                parts.append(f'<div class="side"><div><h3>Every attack, entire data set</h3>{_attacks_table(rows)}'
+                             f"</div><div><h3>Most vulnerable slice per variant</h3>"
                              f"{_vulnerable_table(variants)}</div></div>")
             else:
                 parts.append(_figure(pngs[name], heading, caption))

@@ -96,6 +96,8 @@ class Ledger:
     accountant: str | None
     epochs: tuple[Mapping[str, Any], ...]
     raw: Mapping[str, Any]
+    # one_run_audit.json of the same ModelRun (DPTrainer audit_canaries), when the audit ran.
+    one_run_audit: Mapping[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,6 +331,19 @@ def read_ledger(source: PathOrDict | Ledger, name: str | None = None) -> Ledger:
         epochs=tuple(dict(e) for e in epochs),
         raw=data,
     )
+
+
+def read_one_run_audit(source: PathOrDict, name: str | None = None) -> dict[str, Any]:
+    """Read and check a one_run_audit.json (DPTrainer's one-run privacy audit): needs
+    ``epsilon_lower_bound`` (number >= 0), ``accountant_epsilon`` (number or null = infinite), ``violated``
+    (bool) and ``confidence`` (in (0, 1)). Returns the parsed dict."""
+    data, name = _load_json(source, "one-run audit", name)
+    _number(data, "epsilon_lower_bound", name, "epsilon_lower_bound", lo=0.0)
+    _number(data, "accountant_epsilon", name, "accountant_epsilon", required=False, lo=0.0)
+    _number(data, "confidence", name, "confidence", lo=0.0, hi=1.0)
+    if not isinstance(data.get("violated"), bool):
+        raise ReportInputError(name, "violated", f"must be true or false, got {data.get('violated')!r}")
+    return data
 
 
 def read_blessing(

@@ -246,33 +246,14 @@ def plot_privacy_vs_accuracy(
 # --------------------------------------------------------------------------- (3) ROC
 
 
-def plot_roc(variants: Mapping[str, VariantResults]) -> PlotData:
-    """ROC curve (log-log axes) of each variant's most vulnerable slice on the final model.
+def _entire_dataset_rocs(variant: VariantResults) -> dict[str, AttackResult]:
+    """attack -> the final model's entire-data-set result with a ROC curve."""
+    return {r.attack: r for r in variant.final.results
+            if r.slice.get("feature") == "entire_dataset" and r.roc_fpr}
 
-    The most vulnerable slice is the (slice, attack) with the highest AUC among results with a
-    ROC curve. Log-log axes show the low-FPR region, where a membership inference is trustworthy.
-    `meta["selected"][variant]` = {"slice", "attack", "auc", "epoch"}.
-    """
-    series: Series = {}
-    selected = {}
-    for name, variant in variants.items():
-        best = most_vulnerable(variant.final.results, require_roc=True)
-        if best is None:
-            continue
-        series[name] = (list(best.roc_fpr), list(best.roc_tpr))
-        selected[name] = {"slice": best.slice_label, "attack": best.attack, "auc": best.auc,
-                          "epoch": variant.final.epoch}
-    colors = _variant_colors(list(variants))
-    fig = _new_figure(6.0, 5.0)
-    ax = fig.subplots()
-    positive = [v for fpr, tpr in series.values() for v in list(fpr) + list(tpr) if v > 0]
-    floor = min(min(positive, default=1e-3), 1e-3) / 2
+
+def _log_roc_axes(ax, floor: float) -> None:
     ax.plot([floor, 1], [floor, 1], color="#888888", linestyle="--", linewidth=1, label="random guess")
-    for name, (fpr, tpr) in series.items():
-        s = selected[name]
-        # Log axes cannot show 0: clamp to the floor so the curve starts at the axis edge.
-        ax.plot([max(v, floor) for v in fpr], [max(v, floor) for v in tpr], color=colors[name],
-                label=mpl_text(f"{name}: {s['slice']} · {s['attack']} (AUC {s['auc']:.3f})"))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(floor, 1)
@@ -280,12 +261,69 @@ def plot_roc(variants: Mapping[str, VariantResults]) -> PlotData:
     ax.set_xlabel("False positive rate")
     ax.set_ylabel("True positive rate")
     ax.grid(True, which="both", alpha=0.25)
+
+
+def plot_roc(variants: Mapping[str, VariantResults]) -> PlotData:
+    """ROC curves on log-log axes of the final models: first the most vulnerable slice of each variant, then
+    one panel per variant with every attack on the entire data set.
+
+    The most vulnerable slice is the (slice, attack) with the highest AUC among results with a
+    ROC curve. Log-log axes show the low-FPR region, where a membership inference is trustworthy.
+    `meta["selected"][variant]` = {"slice", "attack", "auc", "epoch"}; `panels["by_attack"]` =
+    {(variant, attack): (fpr, tpr)} and `meta["by_attack"][variant][attack]` = {"auc", "tpr_at_fpr"}.
+    """
+    series: Series = {}
+    selected = {}
+    by_attack: Series = {}
+    by_attack_meta: dict[str, dict[str, Any]] = {}
+    for name, variant in variants.items():
+        best = most_vulnerable(variant.final.results, require_roc=True)
+        if best is not None:
+            series[name] = (list(best.roc_fpr), list(best.roc_tpr))
+            selected[name] = {"slice": best.slice_label, "attack": best.attack, "auc": best.auc,
+                              "epoch": variant.final.epoch}
+        rocs = _entire_dataset_rocs(variant)
+        by_attack_meta[name] = {}
+        for attack in sorted(rocs):
+            r = rocs[attack]
+            by_attack[(name, attack)] = (list(r.roc_fpr), list(r.roc_tpr))
+            by_attack_meta[name][attack] = {"auc": r.auc, "tpr_at_fpr": dict(r.tpr_at_fpr)}
+    colors = _variant_colors(list(variants))
+    attacks = sorted({a for _, a in by_attack})
+    attack_colors = {a: _COLORS[i % len(_COLORS)] for i, a in enumerate(attacks)}
+    n_panels = 1 + len(variants)
+    fig = _new_figure(5.2 * n_panels, 4.6)
+    axes = fig.subplots(1, n_panels, squeeze=False)[0]
+    positive = [v for fpr, tpr in list(series.values()) + list(by_attack.values())
+                for v in list(fpr) + list(tpr) if v > 0]
+    floor = min(min(positive, default=1e-3), 1e-3) / 2
+    ax = axes[0]
+    _log_roc_axes(ax, floor)
+    for name, (fpr, tpr) in series.items():
+        s = selected[name]
+        # Log axes cannot show 0: clamp to the floor so the curve starts at the axis edge.
+        ax.plot([max(v, floor) for v in fpr], [max(v, floor) for v in tpr], color=colors[name],
+                label=mpl_text(f"{name}: {s['slice']} · {s['attack']} (AUC {s['auc']:.3f})"))
     if not series:
         _no_data(ax, "no ROC curves recorded")
     ax.legend(fontsize=8, loc="lower right")
-    title = "ROC of the most vulnerable slice (final model, log-log)"
-    ax.set_title(title)
-    return PlotData("roc_curves", title, {"roc": series}, fig, {"selected": selected})
+    ax.set_title("Most vulnerable slice (final model)", fontsize=10)
+    for ax, name in zip(axes[1:], variants):
+        _log_roc_axes(ax, floor)
+        for attack, meta in by_attack_meta[name].items():
+            fpr, tpr = by_attack[(name, attack)]
+            t1 = meta["tpr_at_fpr"].get("0.01")
+            label = f"{attack} (AUC {meta['auc']:.3f}" + (f", TPR@1% {t1:.3f})" if t1 is not None else ")")
+            ax.plot([max(v, floor) for v in fpr], [max(v, floor) for v in tpr], color=attack_colors[attack],
+                    label=mpl_text(label))
+        if not by_attack_meta[name]:
+            _no_data(ax, "no entire-data-set ROC")
+        ax.legend(fontsize=7.5, loc="lower right")
+        ax.set_title(mpl_text(f"{name}: every attack, entire data set"), fontsize=10)
+    title = "ROC curves of the final models (log-log)"
+    fig.suptitle(title)
+    return PlotData("roc_curves", title, {"roc": series, "by_attack": by_attack}, fig,
+                    {"selected": selected, "by_attack": by_attack_meta})
 
 
 # --------------------------------------------------------------------------- (4) per-slice heat map
@@ -364,39 +402,46 @@ def plot_epsilon_comparison(variant_rows: Sequence[Mapping[str, Any]]) -> PlotDa
     names = [row["name"] for row in variant_rows]
     dp_eps = [math.inf if row.get("epsilon") is None else row["epsilon"] for row in variant_rows]
     lower = [row.get("epsilon_lower_bound") for row in variant_rows]
+    audit = [row.get("one_run_audit_epsilon_lower_bound") for row in variant_rows]
     empirical_keys = ("max_auc", "max_attacker_advantage", "max_tpr_at_fpr_0.001")
     panels = {
-        "epsilon": {"dp_epsilon": (names, dp_eps), "epsilon_lower_bound": (names, lower)},
+        "epsilon": {"dp_epsilon": (names, dp_eps), "epsilon_lower_bound": (names, lower),
+                    "one_run_audit_epsilon_lower_bound": (names, audit)},
         "empirical": {k: (names, [row.get(k) for row in variant_rows]) for k in empirical_keys},
     }
     fig = _new_figure(11.0, 4.0)
     ax_eps, ax_emp = fig.subplots(1, 2)
     xs = list(range(len(names)))
-    width = 0.38
-    finite = [v for v in dp_eps + lower if v is not None and math.isfinite(v)]
+    has_audit = any(v is not None for v in audit)
+    width = 0.27 if has_audit else 0.38
+    offsets = (-width, 0.0, width) if has_audit else (-width / 2, width / 2)
+    finite = [v for v in dp_eps + lower + audit if v is not None and math.isfinite(v)]
     top = max(finite, default=1.0) * 1.25 or 1.0
-    for i, (eps, lb) in enumerate(zip(dp_eps, lower)):
+    for i, (eps, lb, au) in enumerate(zip(dp_eps, lower, audit)):
         if math.isinf(eps):
             why = "(no noise)" if variant_rows[i].get("private") else "(non-private)"
-            ax_eps.bar(i - width / 2, top, width, color="white", edgecolor="#d62728", hatch="//")
-            ax_eps.text(i - width / 2, top * 0.55, f"ε = ∞\n{why}", ha="center", va="center",
+            ax_eps.bar(i + offsets[0], top, width, color="white", edgecolor="#d62728", hatch="//")
+            ax_eps.text(i + offsets[0], top * 0.55, f"ε = ∞\n{why}", ha="center", va="center",
                         fontsize=10, fontweight="bold", color="#b3261e",
                         bbox={"facecolor": "white", "edgecolor": "none", "pad": 2})
         else:
-            ax_eps.bar(i - width / 2, eps, width, color="#1f77b4")
-            ax_eps.text(i - width / 2, eps, f"{eps:.3g}", ha="center", va="bottom", fontsize=8)
-        if lb is not None:
-            shown = min(lb, top)
-            ax_eps.bar(i + width / 2, shown, width, color="#ff7f0e")
-            ax_eps.text(i + width / 2, shown, f"{lb:.3g}", ha="center", va="bottom", fontsize=8)
+            ax_eps.bar(i + offsets[0], eps, width, color="#1f77b4")
+            ax_eps.text(i + offsets[0], eps, f"{eps:.3g}", ha="center", va="bottom", fontsize=8)
+        for value, x, color in ((lb, i + offsets[1], "#ff7f0e"),
+                                (au if has_audit else None, i + offsets[-1], "#2ca02c")):
+            if value is not None:
+                shown = min(value, top)
+                ax_eps.bar(x, shown, width, color=color)
+                ax_eps.text(x, shown, f"{value:.3g}", ha="center", va="bottom", fontsize=8)
     ax_eps.set_ylim(0, top * 1.08)
     ax_eps.set_xticks(xs, [mpl_text(n) for n in names], fontsize=9)
     ax_eps.set_ylabel("ε")
     ax_eps.set_title("DP ε (accountant, upper bound) vs empirical ε lower bound", fontsize=10)
-    ax_eps.legend(handles=[
-        Line2D([], [], color="#1f77b4", linewidth=8, label="DP ε (upper bound)"),
-        Line2D([], [], color="#ff7f0e", linewidth=8, label="empirical ε lower bound"),
-    ], fontsize=8, loc="upper right")
+    handles = [Line2D([], [], color="#1f77b4", linewidth=8, label="DP ε (upper bound)"),
+               Line2D([], [], color="#ff7f0e", linewidth=8, label="empirical ε lower bound (attacks)")]
+    if has_audit:
+        handles.append(Line2D([], [], color="#2ca02c", linewidth=8, label="one-run audit ε lower bound"))
+    ax_eps.legend(handles=handles, fontsize=8, loc="upper right")
     bar_w = 0.8 / len(empirical_keys)
     emp_colors = ("#9467bd", "#2ca02c", "#8c564b")
     for k, key in enumerate(empirical_keys):

@@ -1,12 +1,16 @@
 """summary.json of the privacy report (DESIGN.md "Contracts") and its one-paragraph text form.
 
     {"variants": [{"name", "private", "epsilon", "delta", "test_accuracy", "max_auc",
-                   "max_attacker_advantage", "max_tpr_at_fpr_0.001", "blessed", ...extras}],
+                   "max_attacker_advantage", "max_tpr_at_fpr_0.001", "blessed",
+                   "one_run_audit_epsilon_lower_bound", ...extras}],
      "schema_version", "title", "generated_at", "trend", "warnings", "inputs"}
 
 Headline metrics are maxima over every slice and attack of each variant's FINAL model. epsilon and
 delta are the ledger's final values (epsilon null = non-private, i.e. infinite). blessed is the
 evaluator's gate result when a blessing is given, else true (no gate was set: nothing failed).
+one_run_audit_epsilon_lower_bound is the one-run privacy audit's ε lower bound (at
+one_run_audit.confidence) beside the accountant's ε, null when no audit ran; "max_tpr_at_fpr_0.01" is
+the TPR at 1% FPR, max over slices and attacks, and "attacks" the entire data set's metrics per attack.
 """
 
 from __future__ import annotations
@@ -21,6 +25,11 @@ from components.privacy_report.plots import most_vulnerable
 
 SUMMARY_SCHEMA_VERSION = 1
 TPR_KEY = "max_tpr_at_fpr_0.001"
+TPR_1PCT_KEY = "max_tpr_at_fpr_0.01"
+AUDIT_KEY = "one_run_audit_epsilon_lower_bound"
+#: TPR at 0.01% FPR is shown only with at least this many non-members (below, FPR <= 0.01% means no false
+#: positive at all and the number says little).
+MIN_NONMEMBERS_FOR_0_01PCT = 10_000
 # Metrics copied into each trend entry (history of earlier runs and the current one).
 TREND_KEYS = ("max_auc", "max_attacker_advantage", "epsilon_lower_bound", TPR_KEY, "test_accuracy", "epsilon")
 _EPSILON_TOLERANCE = 1e-6
@@ -59,6 +68,7 @@ def variant_summary(
         warnings.append(f"variant {variant.name!r}: no privacy ledger given; ε taken from the attack results metadata")
     worst = most_vulnerable(results)
     lower_bounds = [r.epsilon_lower_bound for r in results]
+    audit = ledger.one_run_audit if ledger is not None else None
     return {
         "name": variant.name,
         "private": private,
@@ -69,6 +79,7 @@ def variant_summary(
         "max_attacker_advantage": _max(r.attacker_advantage for r in results),
         TPR_KEY: _max(r.tpr_at(HEADLINE_FPR) for r in results),
         "blessed": blessing.blessed if blessing is not None else True,
+        AUDIT_KEY: None if audit is None else audit.get("epsilon_lower_bound"),
         # Extras.
         "gate_evaluated": blessing is not None,
         "gate_failures": [dict(f) for f in blessing.failures] if blessing is not None else [],
@@ -76,6 +87,12 @@ def variant_summary(
         "final_epoch": final.epoch,
         "epsilon_lower_bound": _finite_or_none(_max(lower_bounds)),
         "epsilon_lower_bound_infinite": any(v is not None and math.isinf(v) for v in lower_bounds),
+        TPR_1PCT_KEY: _max(r.tpr_at(0.01) for r in results),
+        "one_run_audit": None if audit is None else {
+            key: audit.get(key) for key in ("epsilon_lower_bound", "accountant_epsilon", "ledger_epsilon",
+                                            "confidence", "delta", "violated", "n_canaries", "n_included",
+                                            "message")},
+        "attacks": attack_rows(final),
         "most_vulnerable": None if worst is None else {
             "slice": dict(worst.slice), "slice_label": worst.slice_label, "attack": worst.attack,
             "auc": worst.auc, "attacker_advantage": worst.attacker_advantage},
@@ -85,6 +102,21 @@ def variant_summary(
         "sources": {"final_results": final.source, "ledger": ledger.source if ledger else None,
                     "blessing": blessing.source if blessing else None},
     }
+
+
+def attack_rows(final) -> list[dict[str, Any]]:
+    """Per attack, the final model's entire-data-set metrics: auc, attacker_advantage, tpr_at_fpr_0.01,
+    tpr_at_fpr_0.001 and tpr_at_fpr_0.0001 (None unless there are >= MIN_NONMEMBERS_FOR_0_01PCT non-members)."""
+    rows = []
+    for r in final.results:
+        if r.slice.get("feature") != "entire_dataset":
+            continue
+        resolvable = r.n_nonmembers is not None and r.n_nonmembers >= MIN_NONMEMBERS_FOR_0_01PCT
+        rows.append({"attack": r.attack, "auc": r.auc, "attacker_advantage": r.attacker_advantage,
+                     "n_members": r.n_members, "n_nonmembers": r.n_nonmembers,
+                     "tpr_at_fpr_0.01": r.tpr_at(0.01), "tpr_at_fpr_0.001": r.tpr_at(0.001),
+                     "tpr_at_fpr_0.0001": r.tpr_at(0.0001) if resolvable else None})
+    return rows
 
 
 def trend_entries(summary: Mapping[str, Any], run_id: str, date: str) -> list[dict[str, Any]]:
@@ -180,7 +212,9 @@ def text_summary(summary: Mapping[str, Any]) -> str:
             f"max AUC {format_number(r.get('max_auc'))}; "
             f"max advantage {format_number(r.get('max_attacker_advantage'))}; "
             f"TPR@0.1%FPR {format_number(r.get(TPR_KEY))}; "
-            f"ε lower bound {format_number(r.get('epsilon_lower_bound'), 2)}; {gate}")
+            f"ε lower bound {format_number(r.get('epsilon_lower_bound'), 2)}"
+            + (f"; one-run audit ε ≥ {format_number(r.get(AUDIT_KEY), 2)}" if r.get(AUDIT_KEY) is not None else "")
+            + f"; {gate}")
     for w in summary.get("warnings", []):
         lines.append(f"  warning: {w}")
     return "\n".join(lines)
