@@ -62,7 +62,18 @@ def split_batch(indices: np.ndarray, padded_batch_size: int) -> list:
     return [indices[i:i + padded_batch_size] for i in range(0, len(indices), padded_batch_size)]
 
 
-class PoissonSampler:
+class _SamplerBase:
+    """Sizes, seed and q shared by both samplers."""
+
+    def __init__(self, n_examples: int, expected_batch_size: int, seed: int):
+        _check_sizes(n_examples, expected_batch_size)
+        self.n_examples = int(n_examples)
+        self.expected_batch_size = int(expected_batch_size)
+        self.seed = check_int("seed", seed, minimum=0)
+        self.sampling_probability = self.expected_batch_size / self.n_examples
+
+
+class PoissonSampler(_SamplerBase):
     """Poisson-sampled batches of example indices.
 
     Args:
@@ -82,11 +93,7 @@ class PoissonSampler:
 
     def __init__(self, n_examples: int, expected_batch_size: int, seed: int = 0,
                  padded_batch_size: int | None = None):
-        _check_sizes(n_examples, expected_batch_size)
-        self.n_examples = int(n_examples)
-        self.expected_batch_size = int(expected_batch_size)
-        self.seed = check_int("seed", seed, minimum=0)
-        self.sampling_probability = self.expected_batch_size / self.n_examples
+        super().__init__(n_examples, expected_batch_size, seed)
         self.steps_per_epoch = max(1, round(self.n_examples / self.expected_batch_size))
         if padded_batch_size is None:
             padded_batch_size = default_padded_batch_size(self.n_examples, self.expected_batch_size)
@@ -99,7 +106,7 @@ class PoissonSampler:
             yield np.flatnonzero(rng.random(self.n_examples) < self.sampling_probability)
 
 
-class ShuffleSampler:
+class ShuffleSampler(_SamplerBase):
     """Fixed-size batches from a fresh permutation each epoch (every example once).
 
     Same interface as :class:`PoissonSampler`; ``steps_per_epoch`` is
@@ -112,11 +119,7 @@ class ShuffleSampler:
 
     def __init__(self, n_examples: int, expected_batch_size: int, seed: int = 0,
                  padded_batch_size: int | None = None):
-        _check_sizes(n_examples, expected_batch_size)
-        self.n_examples = int(n_examples)
-        self.expected_batch_size = int(expected_batch_size)
-        self.seed = check_int("seed", seed, minimum=0)
-        self.sampling_probability = self.expected_batch_size / self.n_examples
+        super().__init__(n_examples, expected_batch_size, seed)
         self.steps_per_epoch = -(-self.n_examples // self.expected_batch_size)
         if padded_batch_size is None:
             padded_batch_size = self.expected_batch_size

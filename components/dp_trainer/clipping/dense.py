@@ -93,13 +93,4 @@ class DenseRule(registry.ClippingRule):
                 return tf.tensordot(tf.cast(c, per_example.dtype), per_example, axes=1)
 
         bias_rows = tf.reduce_sum(gs, axis=1) if has_bias else None
-        if has_bias:
-            sq_norms += tf.reduce_sum(tf.square(bias_rows), axis=1)
-
-        def weighted_sum(c):
-            out = [kernel_sum(c)]
-            if has_bias:
-                out.append(tf.tensordot(tf.cast(c, bias_rows.dtype), bias_rows, axes=1))
-            return out
-
-        return registry.LayerGrads(self.variables(layer), sq_norms, weighted_sum)
+        return registry.with_bias_rows(self.variables(layer), sq_norms, kernel_sum, bias_rows)

@@ -182,3 +182,18 @@ def flatten_rows(t: tf.Tensor, last: int | None = None) -> tf.Tensor:
 def sum_squares_rows(t: tf.Tensor) -> tf.Tensor:
     """Sum of squares over all axes but the first: ``[B, ...] -> [B]``."""
     return tf.reduce_sum(tf.square(flatten_rows(t)), axis=1)
+
+
+def with_bias_rows(variables, sq_norms, kernel_sum, bias_rows):
+    """LayerGrads of a kernel (per-example squared norms ``sq_norms``, clipped sum ``kernel_sum(c)``) and
+    an optional bias whose per-example gradients are ``bias_rows`` [B, units] (None without a bias)."""
+    if bias_rows is not None:
+        sq_norms = sq_norms + tf.reduce_sum(tf.square(bias_rows), axis=1)
+
+    def weighted_sum(c):
+        out = [kernel_sum(c)]
+        if bias_rows is not None:
+            out.append(tf.tensordot(tf.cast(c, bias_rows.dtype), bias_rows, axes=1))
+        return out
+
+    return LayerGrads(variables, sq_norms, weighted_sum)
