@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n-jobs", type=int, default=1, help="worker processes for the references")
     parser.add_argument("--compare-n-jobs", action="store_true", help="also time the references with n_jobs=2")
     parser.add_argument("--private", action="store_true", help="DP-SGD recipe (sigma 1.0, clip 1.0)")
-    parser.add_argument("--pipeline-variant", help="a default demo variant (non_private, dp_eps3): the "
+    parser.add_argument("--pipeline-variant", help="a default demo variant (non_private, dp_eps1): the "
                                                    "ReferenceModelTrainer's path with that variant's recipe")
     args = parser.parse_args(argv)
     if args.pipeline_variant:
@@ -144,7 +144,7 @@ def pipeline_variant(args) -> int:
     if spec is None:
         raise SystemExit(f"--pipeline-variant must be one of {[v.name for v in default_variants()]}")
     x, y, _ = load_population()
-    fraction = getattr(run, "DEMO_MEMBERS_FRACTION", 0.5)
+    fraction = run.DEFAULTS["members_fraction"]
     member = np.random.default_rng(0).random(len(y)) < fraction
     config = trainer.DPTrainingConfig(
         model_variant=spec.name, private=spec.private, epochs=spec.epochs, batch_size=spec.batch_size,

@@ -35,18 +35,22 @@ class VariantSpec:
 
 
 def default_variants(epochs: int = 40) -> List[VariantSpec]:
-    """The codelab at small scale: the same model trained without privacy and with DP-Adam at ε = 3.
+    """The demo: a model trained without privacy, and one trained with DP-Adam at ε = 1.
 
-    On digits a CNN generalises so well that its members and non-members are hard to tell apart even
-    without DP; the demo uses a wide MLP (64-512-512-10), which memorises its training set the way the
-    codelab's CIFAR-10 CNNs do, so that the report has leakage to show.
+    The non-private variant is a wide MLP (64-512-512-10): on a few hundred digits it memorises its
+    training set the way the codelab's CIFAR-10 CNNs do, so that the report has leakage to show (a CNN
+    generalises so well on digits that its members and non-members are hard to tell apart even without DP).
+    The DP variant is a linear softmax model with C = 4, above most per-example gradient norms once the model
+    fits. Measured with 4 reference models (README, "What DP promises on small data"): the wide MLP with
+    DP-Adam still leaks AUC 0.54-0.58 to offline LiRA and RMIA at ε = 1, 2 and 3 alike, and so does the
+    linear model at ε = 3 on a quarter of digits (0.53-0.57); the linear model at ε = 1 on half of digits
+    keeps every attack within 0.50-0.53 at test accuracy 0.85-0.89.
     """
-    hp = {"hidden_units": [512, 512]}
     return [
         VariantSpec(name="non_private", private=False, epochs=epochs, batch_size=16, learning_rate=1e-3,
-                    builtin_model="mlp", hparams=dict(hp)),
-        VariantSpec(name="dp_eps3", private=True, epochs=epochs, batch_size=64, learning_rate=5e-3,
-                    l2_norm_clip=1.0, target_epsilon=3.0, builtin_model="mlp", hparams=dict(hp)),
+                    builtin_model="mlp", hparams={"hidden_units": [512, 512]}),
+        VariantSpec(name="dp_eps1", private=True, epochs=epochs, batch_size=128, learning_rate=2e-2,
+                    l2_norm_clip=4.0, target_epsilon=1.0, builtin_model="softmax_regression"),
     ]
 
 

@@ -35,15 +35,16 @@ DEFAULTS: Dict[str, Any] = {
     "module_file": None,
     "model_fn": "build_keras_model",
     "model": None,               # built-in model when no module_file: auto, cnn, mlp, softmax_regression
-                                 # (default: the demo's MLP 64-512-512-10)
+                                 # (default: each demo variant's own: the non-private MLP
+                                 # 64-512-512-10, the DP variant's softmax regression)
     "epochs": 40,
     "batch_size": None,          # default: 16 non-private, 64 DP
     "learning_rate": None,       # default: 1e-3 non-private, 5e-3 DP
-    "members_fraction": None,    # share of the data that trains (members): 0.25 on the demo, else 0.5
+    "members_fraction": 0.5,     # share of the data that trains the models (members); the rest are non-members
     "optimizer": "adam",
-    "l2_norm_clip": 1.0,
+    "l2_norm_clip": None,        # default: the demo DP variant's own; 1.0 in variants you define
     "noise_multiplier": None,
-    "target_epsilon": 3.0,
+    "target_epsilon": None,      # default: the demo DP variant's own; 3.0 in variants you define
     "delta": None,
     "sampling": "poisson",
     "accountant": "rdp",
@@ -73,9 +74,9 @@ DEFAULTS: Dict[str, Any] = {
     "direct_num_workers": 2,
     "cache": True,
 }
-# The demo trains on a quarter of digits (about 450 images) and holds out the rest: small training sets
-# are where models memorise, and large non-member slices keep the per-class AUCs' sampling noise low.
-DEMO_MEMBERS_FRACTION = 0.25
+# DP settings of the variants a config file defines without them.
+DEFAULT_L2_NORM_CLIP = 1.0
+DEFAULT_TARGET_EPSILON = 3.0
 VARIANT_KEYS = {f.name for f in dataclasses.fields(VariantSpec)}
 # Measured on 2 cores (see the project notes): the demo with both stays well under 10 minutes.
 DEMO_REFERENCE_MODELS = 4
@@ -96,14 +97,16 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--members-fraction", type=float,
                    help="share of the examples that train the models (members); the rest are non-members "
-                        "(default 0.25 on the embedded demo, 0.5 otherwise)")
+                        "(default 0.5)")
     p.add_argument("--batch-size", type=int, help="expected batch size (Poisson sampling rate = batch/N)")
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--optimizer", choices=["adam", "sgd"])
-    p.add_argument("--l2-norm-clip", type=float)
+    p.add_argument("--l2-norm-clip", type=float,
+                   help="per-example gradient clip norm C (default: the demo DP variant's, 4; 1.0 in variants you define)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--noise-multiplier", type=float, help="σ of the DP variant")
-    g.add_argument("--target-epsilon", type=float, help="ε of the DP variant (default 3); σ is calibrated")
+    g.add_argument("--target-epsilon", type=float,
+                   help="ε of the DP variant (default: the demo's, 1; 3 in variants you define); σ is calibrated")
     p.add_argument("--delta", type=float, help="δ (default: 1/N rounded down to a power of ten)")
     p.add_argument("--sampling", choices=["poisson", "shuffle"])
     p.add_argument("--accountant", choices=["rdp", "pld"])
@@ -112,8 +115,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                                      "random_forest, knn (with --reference-models also lira, lira_offline, rmia, "
                                      "rmia_offline)")
     p.add_argument("--reference-models", type=int, metavar="K",
-                   help=f"train K reference models per variant (its recipe, random halves of the members and "
-                        f"non-members) and add LiRA and RMIA to the attacks; 0 = off (default: "
+                   help=f"train K reference models per variant (its recipe, each on a random subset of the "
+                        f"members and non-members as large as its training set) and add LiRA and RMIA to the attacks; 0 = off (default: "
                         f"{DEMO_REFERENCE_MODELS} on the embedded demo, 0 with your own data)")
     p.add_argument("--reference-init", choices=["target", "independent"],
                    help="reference models start from the target's initialisation (default) or their own")
@@ -187,6 +190,10 @@ def resolve_settings(args: argparse.Namespace) -> Dict[str, Any]:
     return settings
 
 
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
 def build_variants(s: Dict[str, Any]) -> List[VariantSpec]:
     common = dict(epochs=s["epochs"], optimizer=s["optimizer"], sampling=s["sampling"],
                   accountant=s["accountant"], checkpoint_every=s["checkpoint_every"],
@@ -199,9 +206,9 @@ def build_variants(s: Dict[str, Any]) -> List[VariantSpec]:
     if s["variants"]:
         out = []
         for v in s["variants"]:
-            spec = {**common, "l2_norm_clip": s["l2_norm_clip"], "delta": s["delta"], **v}
+            spec = {**common, "l2_norm_clip": _or(s["l2_norm_clip"], DEFAULT_L2_NORM_CLIP), "delta": s["delta"], **v}
             if spec.get("private", True) and spec.get("noise_multiplier") is None and spec.get("target_epsilon") is None:
-                spec["target_epsilon"] = s["target_epsilon"]
+                spec["target_epsilon"] = _or(s["target_epsilon"], DEFAULT_TARGET_EPSILON)
             spec.setdefault("batch_size", s["batch_size"] or 64)
             out.append(VariantSpec(**spec))
         return out
@@ -216,8 +223,15 @@ def build_variants(s: Dict[str, Any]) -> List[VariantSpec]:
         if s["batch_size"]:
             spec["batch_size"] = s["batch_size"]
         if v.private:
-            spec.update(l2_norm_clip=s["l2_norm_clip"], delta=s["delta"], noise_multiplier=s["noise_multiplier"],
-                        target_epsilon=None if s["noise_multiplier"] is not None else s["target_epsilon"])
+            spec["delta"] = s["delta"]
+            if s["l2_norm_clip"] is not None:
+                spec["l2_norm_clip"] = s["l2_norm_clip"]
+            if s["noise_multiplier"] is not None:
+                spec.update(noise_multiplier=s["noise_multiplier"], target_epsilon=None,
+                            name=f"dp_sigma{s['noise_multiplier']:g}".replace(".", "_"))
+            elif s["target_epsilon"] is not None:
+                spec.update(target_epsilon=s["target_epsilon"],
+                            name=f"dp_eps{s['target_epsilon']:g}".replace(".", "_"))
         out.append(VariantSpec(**spec))
     return out
 
@@ -249,10 +263,7 @@ def build_audit(s: Dict[str, Any], demo: bool = False) -> AuditSpec:
             raise ValueError(f"reference_attacks {bad} are not reference attacks (lira, lira_offline, rmia, "
                              "rmia_offline)")
         extra["reference_attacks"] = tuple(s["reference_attacks"])
-    fraction = s["members_fraction"]
-    if fraction is None:
-        fraction = DEMO_MEMBERS_FRACTION if demo else 0.5
-    extra["members_fraction"] = float(fraction)
+    extra["members_fraction"] = float(s["members_fraction"])
     return AuditSpec(attacks=attacks, slicing=slicing, min_slice_size=s["min_slice_size"],
                      max_auc=s["max_auc"], max_attacker_advantage=s["max_attacker_advantage"],
                      max_epsilon_lower_bound=s["max_epsilon_lower_bound"], reference_models=k,

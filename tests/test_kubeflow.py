@@ -40,15 +40,19 @@ EXECUTORS = {
     "MembershipInferenceEvaluator": "components.membership_inference.executor.Executor",
     "PrivacyReportGenerator": "components.privacy_report.executor.Executor",
 }
-VARIANTS = ("non_private", "dp_eps3")  # the default pipeline's variants
+from pipelines.pipeline import default_variants  # noqa: E402
+
+VARIANTS = tuple(v.name for v in default_variants())  # the default pipeline's variants: non-private, then DP
+DP_VARIANT = next(v for v in default_variants() if v.private)
+DP = DP_VARIANT.name
 
 
 def _task(component: str, variant: str) -> str:
-    """The task of one variant's component on Kubeflow: TFX's node id "DPTrainer.dp_eps3" made Argo-safe."""
+    """The task of one variant's component on Kubeflow: TFX's node id "DPTrainer.dp_eps1" made Argo-safe."""
     return f"{component}-{variant.replace('_', '-')}"
 
 
-TRAINER_DP, EVALUATOR_DP = _task("DPTrainer", "dp_eps3"), _task("MembershipInferenceEvaluator", "dp_eps3")
+TRAINER_DP, EVALUATOR_DP = _task("DPTrainer", DP), _task("MembershipInferenceEvaluator", DP)
 ARGO_NAME = re.compile(r"^[a-zA-Z0-9][-a-zA-Z0-9]*$")  # what Argo, KFP's backend, accepts as a DAG task name
 # deploy/'s own environment (kfp needs protobuf >= 4.21); CI may point this at a cached one.
 DEPLOY_VENV = Path(os.environ.get("PRIVACY_AUDIT_KFP_VENV") or ROOT / "deploy" / ".venv-kfp")
@@ -191,9 +195,9 @@ def test_compile_kfp_writes_pipeline_spec(compiled):
         assert _constant(tasks[trainer]["inputs"]["parameters"]["model_variant"]) == v
         assert _constant(tasks[evaluator_task]["inputs"]["parameters"]["model_variant"]) == v
     assert len(report_sources) == 3 * len(VARIANTS)
-    # The DP variant is private at ε = 3; the baseline is not. On Kubeflow the report has no MLMD SQLite path.
+    # The DP variant is private at its ε; the baseline is not. On Kubeflow the report has no MLMD SQLite path.
     dp = tasks[TRAINER_DP]["inputs"]["parameters"]
-    assert _constant(dp["private"]) == 1 and _constant(dp["target_epsilon"]) == 3.0
+    assert _constant(dp["private"]) == 1 and _constant(dp["target_epsilon"]) == DP_VARIANT.target_epsilon
     assert _constant(tasks[_task("DPTrainer", "non_private")]["inputs"]["parameters"]["private"]) == 0
     assert "metadata_sqlite_path" not in tasks["PrivacyReportGenerator"]["inputs"].get("parameters", {})
     # The default data is the digits baked into the image.
@@ -549,8 +553,8 @@ def _write_json(path: Path, doc) -> None:
 
 
 # Fixture values the report must carry through: (variant, epoch) → AUC of the worst slice.
-REPORT_AUC = {("non_private", 2): 0.61, ("non_private", 4): 0.74, ("dp_eps3", 2): 0.52, ("dp_eps3", 4): 0.55}
-REPORT_ACC = {"non_private": 0.97, "dp_eps3": 0.88}
+REPORT_AUC = {("non_private", 2): 0.61, ("non_private", 4): 0.74, (DP, 2): 0.52, (DP, 4): 0.55}
+REPORT_ACC = {"non_private": 0.97, DP: 0.88}
 DP_EPSILON, DP_DELTA = 2.95, 1e-3
 
 
@@ -567,12 +571,12 @@ def _results_doc(variant, epoch, final):
     return {"schema_version": 1,
             "metadata": {"model_variant": variant, "epoch": epoch, "is_final": final,
                          "accuracy_train": REPORT_ACC[variant] + 0.02, "accuracy_test": REPORT_ACC[variant],
-                         "epsilon": DP_EPSILON if variant == "dp_eps3" else None},
+                         "epsilon": DP_EPSILON if variant == DP else None},
             "results": results}
 
 
 def _ledger_doc(variant):
-    private = variant == "dp_eps3"
+    private = variant == DP
     return {"schema_version": 1, "model_variant": variant, "private": private, "sampling": "poisson",
             "poisson_guarantee_holds": True, "n_examples": 900, "expected_batch_size": 64,
             "sampling_probability": 64 / 900, "noise_multiplier": 1.3 if private else None,
@@ -598,17 +602,17 @@ def test_report_task_runs_through_kfp_entrypoint(compiled, tmp_path):
         ledger = store / _task("DPTrainer", v) / "model_run"
         _write_json(ledger / "ledger.json", _ledger_doc(v))
         blessing = store / _task("MembershipInferenceEvaluator", v) / "blessing"
-        doc = {"blessed": v == "dp_eps3", "thresholds": {"max_auc": 0.6},
-               "failures": [] if v == "dp_eps3" else [{"slice": {"feature": "class", "value": 3},
+        doc = {"blessed": v == DP, "thresholds": {"max_auc": 0.6},
+               "failures": [] if v == DP else [{"slice": {"feature": "class", "value": 3},
                                                         "attack": "threshold", "metric": "auc", "value": 0.74,
                                                         "threshold": 0.6}]}
-        if v == "dp_eps3":
+        if v == DP:
             doc["model_variant"] = v
         # non_private's blessing names its variant only in the artifact metadata (custom property), as KFP passes it.
         _write_json(blessing / "blessing.json", doc)
         inputs[f"attack_results{suffix}"] = (str(results), {"model_variant": v})
         inputs[f"ledgers{suffix}"] = (str(ledger), {"model_variant": v})
-        inputs[f"blessings{suffix}"] = (str(blessing), {"model_variant": v, "blessed": float(v == "dp_eps3")})
+        inputs[f"blessings{suffix}"] = (str(blessing), {"model_variant": v, "blessed": float(v == DP)})
     report_uri = store / "PrivacyReportGenerator" / "report"
     output_file = tmp_path / "kfp_outputs" / "output_metadata.json"
     executor_input = _executor_input(spec, "PrivacyReportGenerator", inputs, {"report": str(report_uri)}, output_file)
@@ -620,16 +624,16 @@ def test_report_task_runs_through_kfp_entrypoint(compiled, tmp_path):
     rows = {r["name"]: r for r in summary["variants"]}
     assert set(rows) == set(VARIANTS)
     assert rows["non_private"]["private"] is False and rows["non_private"]["epsilon"] is None
-    assert rows["dp_eps3"]["private"] is True
-    assert rows["dp_eps3"]["epsilon"] == pytest.approx(DP_EPSILON) and rows["dp_eps3"]["delta"] == DP_DELTA
+    assert rows[DP]["private"] is True
+    assert rows[DP]["epsilon"] == pytest.approx(DP_EPSILON) and rows[DP]["delta"] == DP_DELTA
     for v in VARIANTS:
         assert rows[v]["max_auc"] == pytest.approx(REPORT_AUC[(v, 4)])  # the final model's worst slice
         assert rows[v]["test_accuracy"] == pytest.approx(REPORT_ACC[v])
         assert rows[v]["max_attacker_advantage"] == pytest.approx(2 * (REPORT_AUC[(v, 4)] - 0.5), abs=1e-4)
-    assert rows["non_private"]["blessed"] is False and rows["dp_eps3"]["blessed"] is True
+    assert rows["non_private"]["blessed"] is False and rows[DP]["blessed"] is True
     assert summary["all_blessed"] is False
     html = (report_uri / "report.html").read_text()
-    assert "Privacy audit" in html and "non_private" in html and "dp_eps3" in html
+    assert "Privacy audit" in html and "non_private" in html and DP in html
     assert any(p.suffix == ".png" for p in report_uri.iterdir())
 
     # The metadata file KFP's launcher reads back: the output artifact and its custom properties.
@@ -714,13 +718,13 @@ def test_dp_trainer_then_evaluator_tasks_run_through_kfp_entrypoint(compiled, tm
     out = _run_task(spec, TRAINER_DP, executor_input, cwd=tmp_path)
 
     ledger = json.loads((run_uri / "ledger.json").read_text())
-    assert ledger["model_variant"] == "dp_eps3" and ledger["private"] is True
+    assert ledger["model_variant"] == DP and ledger["private"] is True
     assert ledger["n_examples"] == 96 and ledger["expected_batch_size"] == 16
     assert ledger["sampling"] == "poisson" and len(ledger["epochs"]) == 1
     # σ was calibrated for ε = 3 over the planned steps; the steps that ran give ε ≈ 3.
     assert 0 < ledger["epsilon"] <= 3.0 + 1e-6 and ledger["noise_multiplier"] > 0
     info = json.loads((model_uri / "model_info.json").read_text())
-    assert info["model_variant"] == "dp_eps3" and info["label_key"] == "label" and info["private"] is True
+    assert info["model_variant"] == DP and info["label_key"] == "label" and info["private"] is True
     assert info["input_features"] == [f"pixel_{j:02d}" for j in range(64)]
     assert (model_uri / "keras" / "model.keras").is_file()
     assert (model_uri / "Format-Serving" / "saved_model.pb").is_file()
@@ -730,9 +734,9 @@ def test_dp_trainer_then_evaluator_tasks_run_through_kfp_entrypoint(compiled, tm
     # ε and the variant travel to KFP (and on to the evaluator) as the Model artifact's metadata.
     [model] = out["artifacts"]["model"]["artifacts"]
     assert model["uri"] == str(model_uri)
-    assert model["metadata"]["model_variant"] == "dp_eps3"
+    assert model["metadata"]["model_variant"] == DP
     assert model["metadata"]["epsilon"] == pytest.approx(ledger["epsilon"], rel=1e-9)
-    assert out["artifacts"]["model_run"]["artifacts"][0]["metadata"]["model_variant"] == "dp_eps3"
+    assert out["artifacts"]["model_run"]["artifacts"][0]["metadata"]["model_variant"] == DP
 
     # The evaluator task on the trainer's outputs, with the metadata KFP hands downstream.
     results_uri = store / EVALUATOR_DP / "attack_results"
@@ -748,14 +752,14 @@ def test_dp_trainer_then_evaluator_tasks_run_through_kfp_entrypoint(compiled, tm
     out = _run_task(spec, EVALUATOR_DP, executor_input, cwd=tmp_path)
 
     index = json.loads((results_uri / "index.json").read_text())
-    assert index["results"] == ["results/dp_eps3_epoch_0001.json", "results/dp_eps3_final.json"]
-    final = json.loads((results_uri / "results" / "dp_eps3_final.json").read_text())
-    assert final["metadata"]["model_variant"] == "dp_eps3" and final["metadata"]["is_final"] is True
+    assert index["results"] == [f"results/{DP}_epoch_0001.json", f"results/{DP}_final.json"]
+    final = json.loads((results_uri / "results" / f"{DP}_final.json").read_text())
+    assert final["metadata"]["model_variant"] == DP and final["metadata"]["is_final"] is True
     assert final["metadata"]["epsilon"] == pytest.approx(ledger["epsilon"])
     attacks = {(r["slice"]["feature"], r["attack"]) for r in final["results"]}
     assert {("entire_dataset", "threshold"), ("entire_dataset", "logistic_regression")} <= attacks
     assert all(0.0 <= r["auc"] <= 1.0 for r in final["results"])
     blessing = json.loads((blessing_uri / "blessing.json").read_text())
-    assert blessing["blessed"] is True and blessing["model_variant"] == "dp_eps3"  # no gate compiled in
+    assert blessing["blessed"] is True and blessing["model_variant"] == DP  # no gate compiled in
     [b] = out["artifacts"]["blessing"]["artifacts"]
-    assert b["metadata"]["blessed"] == 1 and b["metadata"]["model_variant"] == "dp_eps3"
+    assert b["metadata"]["blessed"] == 1 and b["metadata"]["model_variant"] == DP

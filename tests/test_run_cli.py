@@ -63,16 +63,19 @@ def test_run_writes_report_and_summary_matching_the_ledgers(first_run):
     assert "<img" in html and "http://" not in html.replace("http://www.w3.org", "")
     summary = json.loads((out / "summary.json").read_text())
     variants = {v["name"]: v for v in summary["variants"]}
-    assert set(variants) == {"non_private", "dp_eps3"}
+    from pipelines.pipeline import default_variants
+
+    dp_spec = next(v for v in default_variants() if v.private)
+    assert set(variants) == {"non_private", dp_spec.name}
     assert variants["non_private"]["private"] is False and variants["non_private"]["epsilon"] is None
     # ε in the summary is the trainer's ledger ε, read back from the DPTrainer's ModelRun artifact.
     ledgers = []
     for root, _, files in os.walk(out / "pipeline_root"):
         if "ledger.json" in files:
             ledgers.append(json.loads(open(os.path.join(root, "ledger.json")).read()))
-    dp_ledger = [l for l in ledgers if l["model_variant"] == "dp_eps3"][-1]
-    assert variants["dp_eps3"]["epsilon"] == pytest.approx(dp_ledger["epsilon"], rel=1e-12)
-    assert variants["dp_eps3"]["epsilon"] == pytest.approx(3.0, abs=0.01)
+    dp_ledger = [l for l in ledgers if l["model_variant"] == dp_spec.name][-1]
+    assert variants[dp_spec.name]["epsilon"] == pytest.approx(dp_ledger["epsilon"], rel=1e-12)
+    assert variants[dp_spec.name]["epsilon"] == pytest.approx(dp_spec.target_epsilon, abs=0.01)
     for v in variants.values():
         assert 0 <= v["max_auc"] <= 1 and 0 <= v["max_attacker_advantage"] <= 1
         assert isinstance(v["blessed"], bool)
@@ -154,3 +157,34 @@ def test_bad_input_fails_clearly_and_keeps_earlier_outputs(first_run, tmp_path, 
     assert (out / "summary.json").read_bytes() == summary_before
     if case == "output_is_file":
         assert (tmp_path / "a_file").read_text() == "keep me"
+
+
+def _variants(*argv, config=None):
+    from pipelines.cli import build_parser
+    from pipelines.run import build_variants, resolve_settings
+
+    args = build_parser().parse_args(["run", *argv] + (["--config", str(config)] if config else []))
+    return {v.name: v for v in build_variants(resolve_settings(args))}
+
+
+def test_demo_variants_keep_their_own_dp_settings_unless_overridden(tmp_path):
+    from pipelines.pipeline import default_variants
+
+    demo = {v.name: v for v in default_variants()}
+    got = _variants()
+    assert got.keys() == demo.keys()
+    dp = next(v for v in demo.values() if v.private)
+    assert got[dp.name].l2_norm_clip == dp.l2_norm_clip and got[dp.name].target_epsilon == dp.target_epsilon
+    assert got[dp.name].builtin_model == dp.builtin_model and got["non_private"].builtin_model == "mlp"
+    # Overrides rename the DP variant after the guarantee it now has.
+    got = _variants("--target-epsilon", "2.5", "--l2-norm-clip", "0.5")
+    assert got["dp_eps2_5"].target_epsilon == 2.5 and got["dp_eps2_5"].l2_norm_clip == 0.5
+    got = _variants("--noise-multiplier", "1.5")
+    assert got["dp_sigma1_5"].noise_multiplier == 1.5 and got["dp_sigma1_5"].target_epsilon is None
+    # Variants of a config file get ε = 3 and C = 1 unless they (or the command line) say otherwise.
+    cfg = tmp_path / "audit.yaml"
+    cfg.write_text("variants:\n  - {name: base, private: false}\n  - {name: dp}\n  - {name: dp2, target_epsilon: 8}\n")
+    got = _variants(config=cfg)
+    assert (got["dp"].target_epsilon, got["dp"].l2_norm_clip) == (3.0, 1.0)
+    assert got["dp2"].target_epsilon == 8 and got["base"].private is False
+    assert _variants("--target-epsilon", "2", config=cfg)["dp"].target_epsilon == 2
