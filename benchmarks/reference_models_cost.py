@@ -4,9 +4,10 @@
     .venv/bin/python benchmarks/reference_models_cost.py --pipeline-variant non_private [--k 4]
 
 ``--pipeline-variant NAME`` measures what the pipeline's ReferenceModelTrainer does for a variant of the
-default demo (pipelines.pipeline.default_variants; the demo's members fraction): one training run of the
-target with the DPTrainer's recipe and training loop, then ``reference_models.train_for_trainer_recipe``
-(K models, each on a random subset as large as the target's training set). Without it:
+default demo (pipelines.pipeline.default_variants; the demo's members fraction): the median of
+``--target-runs`` training runs of the target with the DPTrainer's recipe and training loop, then
+``reference_models.train_for_trainer_recipe`` (K models, each on a random subset as large as the target's
+training set). Without it:
 
 Workload: scikit-learn's digits (1797 8x8 images, 10 classes, pixels scaled to [0, 1]); the target is the
 project's built-in MLP (64-128-128-10) trained on a seeded random half of the data (its members; the other
@@ -61,6 +62,8 @@ def main(argv=None) -> int:
     parser.add_argument("--n-jobs", type=int, default=1, help="worker processes for the references")
     parser.add_argument("--compare-n-jobs", action="store_true", help="also time the references with n_jobs=2")
     parser.add_argument("--private", action="store_true", help="DP-SGD recipe (sigma 1.0, clip 1.0)")
+    parser.add_argument("--target-runs", type=int, default=3,
+                        help="--pipeline-variant: time the target's run this many times (median)")
     parser.add_argument("--pipeline-variant", help="a default demo variant (non_private, dp_eps1): the "
                                                    "ReferenceModelTrainer's path with that variant's recipe")
     args = parser.parse_args(argv)
@@ -163,10 +166,15 @@ def pipeline_variant(args) -> int:
           f"lr {config.learning_rate}, {'DP σ=%.3g' % sigma if config.private else 'non-private'}; "
           f"{os.cpu_count()} CPU cores", flush=True)
     rm.train_one(builder, x[:256], y[:256], x[:8], dataclasses.replace(recipe, epochs=1), seed=99)  # warm-up
-    t0 = time.perf_counter()
-    target = rm.train_one(builder, x[member], y[member], x, recipe, seed=0)
-    one_run = time.perf_counter() - t0
-    print(f"one training run (target): {one_run:.2f}s", flush=True)
+    # The target's run is timed --target-runs times (the median is the denominator): one run on a shared
+    # 2-core machine varies by 2x, and a single noisy denominator made the ratio swing from 1.8 to 6.
+    runs = []
+    for r in range(args.target_runs):
+        t0 = time.perf_counter()
+        target = rm.train_one(builder, x[member], y[member], x, recipe, seed=0)
+        runs.append(time.perf_counter() - t0)
+    one_run = float(np.median(runs))
+    print(f"one training run (target): median {one_run:.2f}s of {', '.join(f'{t:.2f}' for t in runs)}s", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         refs = rm.train_for_trainer_recipe(

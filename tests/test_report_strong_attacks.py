@@ -114,3 +114,29 @@ def test_one_run_audit_reader_checks_fields(tmp_path):
     with pytest.raises(load.ReportInputError, match="violated"):
         load.read_one_run_audit(path)
     assert load.read_one_run_audit(write_json(tmp_path / "b.json", AUDIT))["epsilon_lower_bound"] == 0.41
+
+
+def test_auc_null_sd_matches_permutation_spread_and_reaches_the_page(tmp_path):
+    """The no-leakage AUC band: the closed-form null sd of the Mann-Whitney AUC against the spread of
+    sklearn's AUC over random member labels (continuous scores, no ties)."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from components.privacy_report.summary import auc_null_sd
+
+    rng = np.random.default_rng(0)
+    n1, n0 = 40, 70
+    scores = rng.normal(size=n1 + n0)
+    labels = np.arange(n1 + n0) < n1
+    aucs = [roc_auc_score(rng.permutation(labels), scores) for _ in range(4000)]
+    assert auc_null_sd(n1, n0) == pytest.approx(np.std(aucs), rel=0.05)
+    assert auc_null_sd(n1, n0) == pytest.approx(((n1 + n0 + 1) / (12 * n1 * n0)) ** 0.5)
+    assert auc_null_sd(0, 10) is None and auc_null_sd(None, 10) is None
+
+    out = write_report(tmp_path / "out", _docs_with_reference_attacks(), _ledgers())
+    rows = {r["name"]: r for r in out.summary["variants"]}
+    lira = next(a for a in rows["dp"]["attacks"] if a["attack"] == "lira")
+    sd = auc_null_sd(lira["n_members"], lira["n_nonmembers"])
+    assert lira["auc_null_sd"] == pytest.approx(sd)
+    page = pathlib.Path(out.html_path).read_text(encoding="utf-8")
+    assert "AUC without leakage" in page and f"{0.5 - 2 * sd:.3f}–{0.5 + 2 * sd:.3f}" in page

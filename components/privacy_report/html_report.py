@@ -352,19 +352,23 @@ def _attacks_table(rows: Sequence[Mapping[str, Any]]) -> str:
     for r in rows:
         for a in r.get("attacks") or []:
             t4 = a.get("tpr_at_fpr_0.0001")
+            sd = a.get("auc_null_sd")
+            noise = f"{format_number(0.5 - 2 * sd)}–{format_number(0.5 + 2 * sd)}" if sd is not None else "–"
             body.append(
                 f"<tr><td class=name>{_e(r['name'])}</td><td>{_e(a['attack'])}</td>"
-                f"<td class=num>{_e(format_number(a.get('auc')))}</td>"
+                f"<td class=num>{_e(format_number(a.get('auc')))}</td><td class=num>{_e(noise)}</td>"
                 f"<td class=num>{_e(format_number(a.get('tpr_at_fpr_0.01')))}</td>"
                 f"<td class=num>{_e(format_number(a.get('tpr_at_fpr_0.001')))}</td>"
                 f"<td class=num>{_e(format_number(t4, 4) if t4 is not None else '–')}</td></tr>")
     if not body:
         return ""
-    head = ("<tr><th>Variant</th><th>Attack</th><th class=num>AUC</th><th class=num>TPR @ 1% FPR</th>"
-            "<th class=num>TPR @ 0.1% FPR</th><th class=num>TPR @ 0.01% FPR</th></tr>")
+    head = ("<tr><th>Variant</th><th>Attack</th><th class=num>AUC</th><th class=num>AUC without leakage</th>"
+            "<th class=num>TPR @ 1% FPR</th><th class=num>TPR @ 0.1% FPR</th><th class=num>TPR @ 0.01% FPR</th></tr>")
     return (f'<div class="scroll"><table>{head}{"".join(body)}</table></div>'
-            '<p class="small">Entire data set, final model. TPR @ 0.01% FPR needs at least 10,000 non-members '
-            "to be resolved (fewer: “–”).</p>")
+            '<p class="small">Entire data set, final model. “AUC without leakage”: 0.5 ± 2 standard deviations '
+            "of the AUC of an attack that learns nothing, with this many members and non-members — an AUC "
+            "inside it is not evidence of leakage. TPR @ 0.01% FPR needs at least 10,000 non-members to be "
+            "resolved (fewer: “–”).</p>")
 
 
 def _pretty_time(value: Any) -> str:

@@ -104,9 +104,21 @@ def variant_summary(
     }
 
 
+def auc_null_sd(n_members: Any, n_nonmembers: Any) -> float | None:
+    """Standard deviation of an attack's AUC when the attack learns nothing about membership (its scores are
+    exchangeable between members and non-members): the Mann-Whitney statistic's null variance,
+    (n_m + n_n + 1) / (12 n_m n_n), without ties. ±2 of it around 0.5 is what a model that leaks nothing
+    shows with this many examples; None when a count is missing or zero."""
+    if not n_members or not n_nonmembers:
+        return None
+    n1, n0 = float(n_members), float(n_nonmembers)
+    return math.sqrt((n1 + n0 + 1.0) / (12.0 * n1 * n0))
+
+
 def attack_rows(final) -> list[dict[str, Any]]:
-    """Per attack, the final model's entire-data-set metrics: auc, attacker_advantage, tpr_at_fpr_0.01,
-    tpr_at_fpr_0.001 and tpr_at_fpr_0.0001 (None unless there are >= MIN_NONMEMBERS_FOR_0_01PCT non-members)."""
+    """Per attack, the final model's entire-data-set metrics: auc, auc_null_sd (:func:`auc_null_sd`),
+    attacker_advantage, tpr_at_fpr_0.01, tpr_at_fpr_0.001 and tpr_at_fpr_0.0001 (None unless there are >=
+    MIN_NONMEMBERS_FOR_0_01PCT non-members)."""
     rows = []
     for r in final.results:
         if r.slice.get("feature") != "entire_dataset":
@@ -114,6 +126,7 @@ def attack_rows(final) -> list[dict[str, Any]]:
         resolvable = r.n_nonmembers is not None and r.n_nonmembers >= MIN_NONMEMBERS_FOR_0_01PCT
         rows.append({"attack": r.attack, "auc": r.auc, "attacker_advantage": r.attacker_advantage,
                      "n_members": r.n_members, "n_nonmembers": r.n_nonmembers,
+                     "auc_null_sd": auc_null_sd(r.n_members, r.n_nonmembers),
                      "tpr_at_fpr_0.01": r.tpr_at(0.01), "tpr_at_fpr_0.001": r.tpr_at(0.001),
                      "tpr_at_fpr_0.0001": r.tpr_at(0.0001) if resolvable else None})
     return rows
