@@ -77,8 +77,8 @@ def _population(examples_uri):
     for split in ("train", "eval"):
         pattern = os.path.join(examples_uri, f"Split-{split}", "*")
         data = examples_lib.load_examples(pattern, "label")
-        sha1 = [hashlib.sha1(s).hexdigest() for s in examples_lib.read_serialized(pattern)]
-        assert sha1 == data.example_hashes
+        sha1 = sorted(examples_lib.example_digest(s).hex() for s in examples_lib.read_serialized(pattern))
+        assert sha1 == data.example_hashes  # the canonical order
         out.append(data)
     return out
 

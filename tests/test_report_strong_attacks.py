@@ -140,3 +140,15 @@ def test_auc_null_sd_matches_permutation_spread_and_reaches_the_page(tmp_path):
     assert lira["auc_null_sd"] == pytest.approx(sd)
     page = pathlib.Path(out.html_path).read_text(encoding="utf-8")
     assert "AUC without leakage" in page and f"{0.5 - 2 * sd:.3f}–{0.5 + 2 * sd:.3f}" in page
+
+
+def test_most_vulnerable_slice_carries_its_no_leakage_band(tmp_path):
+    from components.privacy_report.summary import auc_null_sd
+
+    out = write_report(tmp_path / "out", _docs_with_reference_attacks(), _ledgers())
+    for row in out.summary["variants"]:
+        worst = row["most_vulnerable"]
+        assert worst["auc"] == row["max_auc"]
+        assert worst["auc_null_sd"] == pytest.approx(auc_null_sd(worst["n_members"], worst["n_nonmembers"]))
+        page = pathlib.Path(out.html_path).read_text(encoding="utf-8")
+        assert f"without leakage ≤ {0.5 + 2 * worst['auc_null_sd']:.3f}" in page

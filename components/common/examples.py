@@ -79,7 +79,7 @@ class ExamplesData:
     """Examples of one split as arrays.
 
     x: float32 [N, D] model inputs; y: int64 [N] labels; features: every feature as a 1-D array (first
-    value of each example; bytes decoded to str); example_hashes: hex sha1 of each serialized example,
+    value of each example; bytes decoded to str); example_hashes: hex :func:`example_digest` of each example,
     used to find examples present in two splits; input_features: the ordered names forming x.
     """
     x: np.ndarray
@@ -106,6 +106,19 @@ def split_file_pattern(examples_uri: str, split: str) -> str:
     return os.path.join(d, "*")
 
 
+def example_digest(record: bytes) -> bytes:
+    """The sha1 of a serialized tf.Example's deterministic serialization (features in key order): the
+    example's id. Not the sha1 of the stored bytes, which can differ from run to run for the same example
+    (protobuf writes map fields in no fixed order)."""
+    import tensorflow as tf
+
+    return _digest(tf.train.Example.FromString(record))
+
+
+def _digest(example) -> bytes:
+    return hashlib.sha1(example.SerializeToString(deterministic=True)).digest()
+
+
 def parse_examples(serialized: Sequence[bytes], label_key: str,
                    feature_keys: Optional[Sequence[str]] = None) -> ExamplesData:
     """Parses serialized tf.Examples into arrays (see ExamplesData)."""
@@ -115,8 +128,10 @@ def parse_examples(serialized: Sequence[bytes], label_key: str,
         raise ValueError("no examples to parse (empty split)")
     rows: List[Dict[str, object]] = []
     names: set = set()
+    hashes: List[str] = []
     for s in serialized:
         ex = tf.train.Example.FromString(s)
+        hashes.append(_digest(ex).hex())
         row = {}
         for k, f in ex.features.feature.items():
             vals = _feature_values(f)
@@ -148,7 +163,6 @@ def parse_examples(serialized: Sequence[bytes], label_key: str,
         vals = [row.get(k) for row in rows]
         vals = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in vals]
         features[k] = np.asarray(vals, dtype=object)
-    hashes = [hashlib.sha1(s).hexdigest() for s in serialized]
     return ExamplesData(x=x, y=y, features=features, example_hashes=hashes, input_features=keys)
 
 
@@ -165,8 +179,17 @@ def read_serialized(file_pattern: str) -> List[bytes]:
 
 def load_examples(file_pattern: str, label_key: str,
                   feature_keys: Optional[Sequence[str]] = None) -> ExamplesData:
-    """Reads a split of TFX Examples into arrays; raises ValueError on an empty split or missing keys."""
+    """Reads a split of TFX Examples into arrays; raises ValueError on an empty split or missing keys.
+
+    The examples come back in a canonical order, by :func:`example_digest`: ExampleGen's Beam workers write
+    the shards in an order that changes from run to run, and the training batches (indices into these
+    arrays) must not, so that the same seed gives the same model."""
     serialized = read_serialized(file_pattern)
     if not serialized:
         raise ValueError(f"the split at {file_pattern} has no examples")
-    return parse_examples(serialized, label_key, feature_keys)
+    data = parse_examples(serialized, label_key, feature_keys)
+    order = sorted(range(len(serialized)), key=data.example_hashes.__getitem__)
+    idx = np.asarray(order, dtype=np.int64)
+    return dataclasses.replace(data, x=data.x[idx], y=data.y[idx],
+                               features={k: v[idx] for k, v in data.features.items()},
+                               example_hashes=[data.example_hashes[i] for i in order])

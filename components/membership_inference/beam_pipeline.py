@@ -4,7 +4,7 @@ the TFX evaluator (any Beam runner through ``beam_pipeline_args``).
 Elements are column batches (``dict`` of numpy arrays, one row per example), never single examples: every
 step is vectorised with numpy per batch. A batch of per-example records has the columns
 
-    id          uint64  example id: the first 64 bits of the sha1 of the serialized tf.Example, the given
+    id          uint64  example id: the first 64 bits of examples.example_digest(serialized tf.Example), the given
                         ``example_id`` (integers as is, strings hashed), or the row number in the input
     is_member   bool
     label       int64   (optional when a loss is given)
@@ -192,10 +192,16 @@ def ids_from_values(values: np.ndarray) -> np.ndarray:
 
 
 def example_ids(serialized: Sequence[bytes]) -> np.ndarray:
-    """uint64 id of each serialized tf.Example: the first 64 bits of its sha1 (the hash that
-    ``examples.load_examples`` reports in hex)."""
-    return np.fromiter((int.from_bytes(hashlib.sha1(s).digest()[:8], "big") for s in serialized),
+    """uint64 id of each serialized tf.Example: the first 64 bits of ``examples.example_digest`` (the hash
+    that ``examples.load_examples`` reports in hex)."""
+    from components.common import examples as examples_lib
+
+    return np.fromiter((int.from_bytes(examples_lib.example_digest(s)[:8], "big") for s in serialized),
                        dtype=np.uint64, count=len(serialized))
+
+
+def _ids_from_hex(hex_digests: Sequence[str]) -> np.ndarray:
+    return np.fromiter((int(h[:16], 16) for h in hex_digests), dtype=np.uint64, count=len(hex_digests))
 
 
 def _outputs(batch: Mapping[str, np.ndarray]) -> Tuple[Optional[str], Optional[np.ndarray]]:
@@ -1222,7 +1228,8 @@ class InferenceFn(beam.DoFn):
         flags = np.fromiter((bool(r[0]) for r in records), dtype=bool, count=len(records))
         serialized = [r[1] for r in records]
         parsed = examples_lib.parse_examples(serialized, self.label_key, self.input_features)
-        base: Dict[str, np.ndarray] = {"id": example_ids(serialized), "is_member": flags, "label": parsed.y}
+        base: Dict[str, np.ndarray] = {"id": _ids_from_hex(parsed.example_hashes), "is_member": flags,
+                                       "label": parsed.y}
         for key in self.slice_feature_keys:
             if key not in parsed.features:
                 raise ValueError(f"slicing feature {key!r} is not a feature of the examples "

@@ -56,7 +56,9 @@ METRIC_EXPLANATIONS = (
                  "has no formal guarantee."),
     ("Attack AUC", "Area under the ROC curve of a membership-inference attack that tries to tell training "
                    "examples (members) from unseen ones (non-members): 0.5 is random guessing, 1.0 is perfect "
-                   "inference."),
+                   "inference. With few examples, a model that leaks nothing still shows AUCs around 0.5 "
+                   "(“without leakage”: 0.5 ± 2 standard deviations for the slice's size); the maximum over "
+                   "many small slices and attacks lands near the top of that band by chance."),
     ("Attacker advantage", "The largest gap |TPR − FPR| over all attack thresholds, i.e. how much better than "
                            "chance the attacker separates members from non-members (0 = no leakage, 1 = total)."),
     ("TPR @ 0.1% FPR", "The share of training members the attacker identifies while wrongly flagging only 0.1% "
@@ -68,7 +70,8 @@ METRIC_EXPLANATIONS = (
                           "training run of the same recipe; the correct membership guesses prove ε at least this "
                           "large at the stated confidence. Above the accountant's ε, the DP training is broken and "
                           "the model is not blessed."),
-    ("LiRA, RMIA", "Attacks with reference models trained with the same recipe on random halves of the data: "
+    ("LiRA, RMIA", "Attacks with reference models, each trained with the same recipe on a random subset of the "
+                   "members and non-members as large as the training set: "
                    "they compare each example's output with how models that did and did not train on it behave "
                    "(LiRA: Carlini et al. 2022; RMIA: Zarifzadeh et al. 2024), and are much stronger than the "
                    "threshold attack at low false-positive rates."),
@@ -235,7 +238,7 @@ def _summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
                     else '<span class="badge nodp">non-private</span>')
         worst = r.get("most_vulnerable")
         worst_text = "–" if not worst else (f"{_e(worst['slice_label'])}<br>"
-                                            f"<span class=small>{_e(worst['attack'])}</span>")
+                                            f"<span class=small>{_e(worst['attack'])}{_noise_note(worst)}</span>")
         body.append(
             f"<tr><td class=name>{_e(r['name'])}</td><td>{training}</td>"
             f"<td class=num>{_epsilon_cell(r)}</td>"
@@ -343,6 +346,13 @@ def _vulnerable_table(variants: Mapping[str, VariantResults]) -> str:
     head = ("<tr><th>Variant</th><th>Slice</th><th>Attack</th><th class=num>AUC</th>"
             "<th class=num>TPR @ 0.1% FPR</th></tr>")
     return f'<div class="scroll"><table>{head}{"".join(body)}</table></div>'
+
+
+def _noise_note(worst: Mapping[str, Any]) -> str:
+    """", no leakage ≤ 0.586": the top of the no-leakage AUC band (0.5 + 2 null sd) of the most vulnerable
+    slice: a max AUC below it is not evidence of leakage (small slices, many attacks)."""
+    sd = worst.get("auc_null_sd")
+    return "" if sd is None else f"; without leakage ≤ {_e(format_number(0.5 + 2 * sd))}"
 
 
 def _attacks_table(rows: Sequence[Mapping[str, Any]]) -> str:

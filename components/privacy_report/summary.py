@@ -95,7 +95,9 @@ def variant_summary(
         "attacks": attack_rows(final),
         "most_vulnerable": None if worst is None else {
             "slice": dict(worst.slice), "slice_label": worst.slice_label, "attack": worst.attack,
-            "auc": worst.auc, "attacker_advantage": worst.attacker_advantage},
+            "auc": worst.auc, "attacker_advantage": worst.attacker_advantage,
+            "n_members": worst.n_members, "n_nonmembers": worst.n_nonmembers,
+            "auc_null_sd": auc_null_sd(worst.n_members, worst.n_nonmembers)},
         "noise_multiplier": ledger.noise_multiplier if ledger else None,
         "accountant": ledger.accountant if ledger else None,
         "evaluated_epochs": sorted({f.epoch for f in variant.files if f.epoch is not None}),
