@@ -119,6 +119,12 @@ def _digest(example) -> bytes:
     return hashlib.sha1(example.SerializeToString(deterministic=True)).digest()
 
 
+def ids_from_hashes(hex_digests: Sequence[str]) -> np.ndarray:
+    """uint64 example ids from hex digests (``ExamplesData.example_hashes``): the first 64 bits (the ``id`` of
+    the evaluator's per-example records)."""
+    return np.fromiter((int(h[:16], 16) for h in hex_digests), dtype=np.uint64, count=len(hex_digests))
+
+
 def parse_examples(serialized: Sequence[bytes], label_key: str,
                    feature_keys: Optional[Sequence[str]] = None) -> ExamplesData:
     """Parses serialized tf.Examples into arrays (see ExamplesData)."""

@@ -191,19 +191,6 @@ def ids_from_values(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def example_ids(serialized: Sequence[bytes]) -> np.ndarray:
-    """uint64 id of each serialized tf.Example: the first 64 bits of ``examples.example_digest`` (the hash
-    that ``examples.load_examples`` reports in hex)."""
-    from components.common import examples as examples_lib
-
-    return np.fromiter((int.from_bytes(examples_lib.example_digest(s)[:8], "big") for s in serialized),
-                       dtype=np.uint64, count=len(serialized))
-
-
-def _ids_from_hex(hex_digests: Sequence[str]) -> np.ndarray:
-    return np.fromiter((int(h[:16], 16) for h in hex_digests), dtype=np.uint64, count=len(hex_digests))
-
-
 def _outputs(batch: Mapping[str, np.ndarray]) -> Tuple[Optional[str], Optional[np.ndarray]]:
     for kind in ("logits", "probs"):
         if kind in batch:
@@ -1228,8 +1215,8 @@ class InferenceFn(beam.DoFn):
         flags = np.fromiter((bool(r[0]) for r in records), dtype=bool, count=len(records))
         serialized = [r[1] for r in records]
         parsed = examples_lib.parse_examples(serialized, self.label_key, self.input_features)
-        base: Dict[str, np.ndarray] = {"id": _ids_from_hex(parsed.example_hashes), "is_member": flags,
-                                       "label": parsed.y}
+        base: Dict[str, np.ndarray] = {"id": examples_lib.ids_from_hashes(parsed.example_hashes),
+                                       "is_member": flags, "label": parsed.y}
         for key in self.slice_feature_keys:
             if key not in parsed.features:
                 raise ValueError(f"slicing feature {key!r} is not a feature of the examples "

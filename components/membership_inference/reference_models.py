@@ -407,8 +407,10 @@ class ModelBuilder:
 
 def sha1_to_id(sha1_hex: Sequence[str]) -> np.ndarray:
     """uint64 example ids from hex sha1 digests: the first 64 bits (the ``id``/``example_id`` of the
-    evaluator's per-example records)."""
-    return np.fromiter((int(h[:16], 16) for h in sha1_hex), dtype=np.uint64, count=len(sha1_hex))
+    evaluator's per-example records; ``examples.ids_from_hashes``)."""
+    from components.common.examples import ids_from_hashes
+
+    return ids_from_hashes(sha1_hex)
 
 
 def train_for_trainer_recipe(output_path: str, config: Any, *, x_members: np.ndarray, y_members: np.ndarray,

@@ -349,8 +349,8 @@ def _vulnerable_table(variants: Mapping[str, VariantResults]) -> str:
 
 
 def _noise_note(worst: Mapping[str, Any]) -> str:
-    """", no leakage ≤ 0.586": the top of the no-leakage AUC band (0.5 + 2 null sd) of the most vulnerable
-    slice: a max AUC below it is not evidence of leakage (small slices, many attacks)."""
+    """"; without leakage ≤ 0.586": the top of the no-leakage AUC band (0.5 + 2 null sd) of the most
+    vulnerable slice: a max AUC below it is not evidence of leakage (small slices, many attacks)."""
     sd = worst.get("auc_null_sd")
     return "" if sd is None else f"; without leakage ≤ {_e(format_number(0.5 + 2 * sd))}"
 
