@@ -1,6 +1,6 @@
 """Time a DP-SGD step against a non-private step of the same model.
 
-Both steps are :class:`components.dp_trainer.dp_step.DPStep` objects on the same
+Both steps are :class:`privacy_audit.components.dp_trainer.dp_step.DPStep` objects on the same
 model object (same weights at the start), the same optimizer type, the same
 fixed batch of data of shape ``[batch_size, ...]`` and the same XLA setting for
 the gradient computation (``--jit auto`` resolves identically for both: off for
@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from components.dp_trainer.dp_step import DPStep  # noqa: E402
+from privacy_audit.components.dp_trainer.dp_step import DPStep  # noqa: E402
 
 
 def cnn() -> keras.Model:

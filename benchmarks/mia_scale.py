@@ -110,8 +110,8 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
     args = parser.parse_args(argv)
 
-    from components.membership_inference import beam_pipeline
-    from components.membership_inference.slicing import SlicingSpec
+    from privacy_audit.components.membership_inference import beam_pipeline
+    from privacy_audit.components.membership_inference.slicing import SlicingSpec
 
     work = args.work_dir or tempfile.mkdtemp(prefix="mia_scale_")
     data_dir = os.path.join(work, "outputs")

@@ -47,9 +47,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from components.membership_inference import api, results  # noqa: E402
-from components.membership_inference.data import AttackInputs, synthetic_inputs  # noqa: E402
-from components.membership_inference.slicing import SlicingSpec  # noqa: E402
+from privacy_audit.components.membership_inference import api, results  # noqa: E402
+from privacy_audit.components.membership_inference.data import AttackInputs, synthetic_inputs  # noqa: E402
+from privacy_audit.components.membership_inference.slicing import SlicingSpec  # noqa: E402
 
 
 def tfp_style_lr_auc(inputs: AttackInputs, member_idx=None, nonmember_idx=None, seed: int = 0) -> float:
@@ -58,7 +58,7 @@ def tfp_style_lr_auc(inputs: AttackInputs, member_idx=None, nonmember_idx=None, 
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-    from components.membership_inference.metrics import roc_auc
+    from privacy_audit.components.membership_inference.metrics import roc_auc
 
     rng = np.random.default_rng(seed)
     im = np.arange(inputs.n_members) if member_idx is None else member_idx

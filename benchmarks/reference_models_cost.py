@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 
 def build_mlp():
     """The project's built-in MLP for the digits' 64 features and 10 classes (module level: picklable)."""
-    from components.dp_trainer.models import mlp
+    from privacy_audit.components.dp_trainer.models import mlp
 
     return mlp(64, 10)
 
@@ -72,9 +72,9 @@ def main(argv=None) -> int:
 
     import keras
 
-    from components.membership_inference import reference_models as rm
-    from components.membership_inference import strong_attacks as sa
-    from components.membership_inference.metrics import attack_metrics
+    from privacy_audit.components.membership_inference import reference_models as rm
+    from privacy_audit.components.membership_inference import strong_attacks as sa
+    from privacy_audit.components.membership_inference.metrics import attack_metrics
 
     x, y, member = load_population()
     recipe = rm.TrainingRecipe(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
@@ -136,12 +136,12 @@ def pipeline_variant(args) -> int:
 
     import keras
 
-    from components.dp_trainer import sampling, trainer
-    from components.membership_inference import reference_models as rm
-    from components.membership_inference import strong_attacks as sa
-    from components.membership_inference.metrics import attack_metrics
-    from pipelines import run
-    from pipelines.pipeline import default_variants
+    from privacy_audit.components.dp_trainer import sampling, trainer
+    from privacy_audit.components.membership_inference import reference_models as rm
+    from privacy_audit.components.membership_inference import strong_attacks as sa
+    from privacy_audit.components.membership_inference.metrics import attack_metrics
+    from privacy_audit.pipelines import run
+    from privacy_audit.pipelines.pipeline import default_variants
 
     spec = {v.name: v for v in default_variants()}.get(args.pipeline_variant)
     if spec is None:

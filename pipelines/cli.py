@@ -37,7 +37,7 @@ def _add_epsilon(sub) -> None:
 
 
 def _cmd_epsilon(args) -> int:
-    from components.dp_trainer import accounting
+    from privacy_audit.components.dp_trainer import accounting
 
     delta = args.delta if args.delta is not None else accounting.default_delta(args.n)
     try:
@@ -68,7 +68,7 @@ def _cmd_epsilon(args) -> int:
 
 
 def _add_attack(sub) -> None:
-    from components.membership_inference import api
+    from privacy_audit.components.membership_inference import api
 
     p = sub.add_parser("attack", help="membership-inference attacks on saved model outputs (.npz or Parquet)")
     api.add_attack_arguments(p)
@@ -76,7 +76,7 @@ def _add_attack(sub) -> None:
 
 
 def _add_run(sub) -> None:
-    from pipelines import run as run_mod
+    from privacy_audit.pipelines import run as run_mod
 
     p = sub.add_parser("run", help="run the whole audit pipeline locally (default: embedded digits demo)")
     run_mod.add_run_arguments(p)
@@ -84,7 +84,7 @@ def _add_run(sub) -> None:
 
 
 def _add_compile_kfp(sub) -> None:
-    from pipelines import kubeflow
+    from privacy_audit.pipelines import kubeflow
 
     p = sub.add_parser("compile-kfp", help="write the Kubeflow Pipelines v2 pipeline spec")
     kubeflow.add_compile_arguments(p)

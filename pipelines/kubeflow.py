@@ -136,8 +136,8 @@ def compile_pipeline(pipeline, output: str, image: str) -> Dict[str, Any]:
 
 
 def main_compile(args: argparse.Namespace) -> int:
-    from pipelines import run as run_mod
-    from pipelines.pipeline import create_pipeline
+    from privacy_audit.pipelines import run as run_mod
+    from privacy_audit.pipelines.pipeline import create_pipeline
 
     if os.path.isdir(args.output):
         raise IsADirectoryError(f"--output {args.output} is a directory; give a file name such as pipeline.yaml")

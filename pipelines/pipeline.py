@@ -148,10 +148,10 @@ def create_pipeline(*, pipeline_root: str, label_key: str, data_root: Optional[s
     from tfx.v1 import dsl
     from tfx.orchestration import metadata
 
-    from components.dp_trainer.component import DPTrainer
-    from components.membership_inference.component import MembershipInferenceEvaluator
-    from components.privacy_report.component import PrivacyReportGenerator
-    from components.reference_models.component import ReferenceModelTrainer
+    from privacy_audit.components.dp_trainer.component import DPTrainer
+    from privacy_audit.components.membership_inference.component import MembershipInferenceEvaluator
+    from privacy_audit.components.privacy_report.component import PrivacyReportGenerator
+    from privacy_audit.components.reference_models.component import ReferenceModelTrainer
 
     if bool(data_root) == bool(examples_dir):
         raise ValueError("give exactly one of data_root (CSV/TFRecord files) or examples_dir (TFX Examples)")

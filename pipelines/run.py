@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from pipelines.pipeline import DEFAULT_PIPELINE_NAME, AuditSpec, VariantSpec, default_variants
+from privacy_audit.pipelines.pipeline import DEFAULT_PIPELINE_NAME, AuditSpec, VariantSpec, default_variants
 
 # Every key a config file may hold, with its default. Variant-level keys apply to every variant unless
 # `variants` lists them one by one.
@@ -251,7 +251,7 @@ def build_audit(s: Dict[str, Any], demo: bool = False) -> AuditSpec:
     if m < 0 or m == 1:
         raise ValueError(f"audit_canaries must be 0 (off) or >= 2, got {m}")
     attacks = tuple(s["attacks"])
-    from components.membership_inference.attacks import check_attack_names, reference_attack_names
+    from privacy_audit.components.membership_inference.attacks import check_attack_names, reference_attack_names
 
     with_refs = reference_attack_names(check_attack_names(list(attacks)))
     if with_refs and not k:
@@ -316,7 +316,7 @@ def _install_progress() -> _Progress:
         h.setLevel(max(h.level, logging.ERROR))
     ours = logging.StreamHandler(sys.stderr)
     ours.setLevel(logging.WARNING)
-    for name in ("components", "pipelines"):
+    for name in ("privacy_audit",):
         logging.getLogger(name).addHandler(ours)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     handler = _Progress()
@@ -352,7 +352,7 @@ def _copy_report(report_uri: str, output_dir: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-REPORT_TYPE_NAME = "privacy_audit.PrivacyReport"  # components.privacy_report.component.PrivacyReport
+REPORT_TYPE_NAME = "privacy_audit.PrivacyReport"  # privacy_audit.components.privacy_report.component.PrivacyReport
 
 
 def latest_report_uri(metadata_path: str, pipeline_name: str) -> Optional[str]:
@@ -386,7 +386,7 @@ def main_run(args: argparse.Namespace) -> int:
         if p and not os.path.isdir(p):
             raise FileNotFoundError(f"input directory not found: {p}")
     if not data_root and not examples_dir:
-        from components.common.examples import DIGITS_LABEL_KEY, write_digits_csv
+        from privacy_audit.components.common.examples import DIGITS_LABEL_KEY, write_digits_csv
 
         data_root = os.path.join(output_dir, "data", "digits")
         # Written once: rewriting would change the file's fingerprint and defeat TFX's cache.
@@ -405,7 +405,7 @@ def main_run(args: argparse.Namespace) -> int:
         beam_args = [f"--direct_running_mode=multi_processing",
                      f"--direct_num_workers={int(s['direct_num_workers'])}"] + beam_args
 
-    from pipelines.pipeline import create_pipeline
+    from privacy_audit.pipelines.pipeline import create_pipeline
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
     metadata_path = os.path.join(output_dir, "metadata.sqlite")
@@ -428,7 +428,7 @@ def main_run(args: argparse.Namespace) -> int:
     _copy_report(uri, output_dir)
     with open(os.path.join(output_dir, "summary.json")) as f:
         summary = json.load(f)
-    from components.privacy_report.summary import text_summary
+    from privacy_audit.components.privacy_report.summary import text_summary
 
     print(text_summary(summary))
     print(f"Done in {time.time() - t0:.0f}s. Report: {os.path.join(output_dir, 'report.html')}  "

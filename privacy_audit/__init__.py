@@ -1,12 +1,41 @@
-"""Namespace of privacy-audit's custom TFX artifact types.
+"""privacy-audit: train Keras models with differential privacy and audit them with membership inference.
 
-TFX names a custom artifact type "namespace.TypeName" (KubeflowV2DagRunner requires the namespace), and
-the container entry point on Kubeflow imports the class from that name: `privacy_audit.PrivacyReport`
-must therefore be importable. The classes themselves live with the components that produce them.
+Public API (none of these imports TFX):
+    privacy_audit.keras        make_private(model, ...) for Keras compile/fit, poisson_batches, the audit
+                               callback PrivacyMetrics, AuditCheckpoints for a TFX Trainer's run_fn
+    privacy_audit.attacks      run_attacks on arrays -> results JSON
+    privacy_audit.accounting   epsilon / noise multiplier / privacy ledger
+    privacy_audit.report       plots and the HTML report from results
+and, with TFX installed (`pip install "privacy-audit[tfx]"`):
+    privacy_audit.components   DPTrainer, ReferenceModelTrainer, MembershipInferenceEvaluator,
+                               PrivacyReportGenerator
+
+This module is also the namespace of the custom TFX artifact types: TFX names a custom type
+"namespace.TypeName" (KubeflowV2DagRunner requires the namespace) and the container entry point on Kubeflow
+imports the class from that name, so `privacy_audit.PrivacyReport` must resolve. They are loaded lazily so that
+`import privacy_audit` does not import TFX.
 """
 
-from components.membership_inference.component import MembershipInferenceResults, PrivacyBlessing
-from components.privacy_report.component import PrivacyReport
-from components.reference_models.component import ReferenceModels
+from __future__ import annotations
 
-__all__ = ["MembershipInferenceResults", "PrivacyBlessing", "PrivacyReport", "ReferenceModels"]
+import importlib
+
+__version__ = "0.2.0"
+
+_ARTIFACT_TYPES = {
+    "MembershipInferenceResults": "privacy_audit.components.membership_inference.component",
+    "PrivacyBlessing": "privacy_audit.components.membership_inference.component",
+    "PrivacyReport": "privacy_audit.components.privacy_report.component",
+    "ReferenceModels": "privacy_audit.components.reference_models.component",
+}
+
+
+def __getattr__(name: str):
+    if name in _ARTIFACT_TYPES:
+        from privacy_audit.components import require_tfx
+
+        require_tfx(f"privacy_audit.{name}")
+        value = getattr(importlib.import_module(_ARTIFACT_TYPES[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,10 +33,10 @@ import numpy as np  # noqa: E402
 
 
 def measure(x, y, seed: int, args) -> dict:
-    from components.dp_trainer import sampling, trainer
-    from components.membership_inference import reference_models as rm
-    from components.membership_inference import strong_attacks as sa
-    from components.membership_inference.metrics import attack_metrics
+    from privacy_audit.components.dp_trainer import sampling, trainer
+    from privacy_audit.components.membership_inference import reference_models as rm
+    from privacy_audit.components.membership_inference import strong_attacks as sa
+    from privacy_audit.components.membership_inference.metrics import attack_metrics
 
     member = np.random.default_rng([seed, 0x5E]).random(len(y)) < args.members_fraction
     private = args.epsilon > 0

@@ -129,7 +129,7 @@ def demo_inputs() -> tuple[list[dict], list[dict], list[dict]]:
 
 def write_demo_report(output_dir: str) -> str:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-    from components.privacy_report.html_report import write_report
+    from privacy_audit.components.privacy_report.html_report import write_report
 
     results, ledgers, history = demo_inputs()
     blessings = {"non_private": {"blessed": False, "failures": [

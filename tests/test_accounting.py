@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from components.dp_trainer import accounting
+from privacy_audit.components.dp_trainer import accounting
 
 
 def test_rdp_matches_published_mnist_value():
@@ -106,7 +106,7 @@ def test_shuffle_sampling_is_flagged():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", "epsilon", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "privacy_audit.pipelines.cli", "epsilon", *args], capture_output=True,
                           text=True, timeout=120)
 
 

@@ -13,8 +13,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from components.dp_trainer import training  # noqa: E402
-from components.dp_trainer.dp_step import DPStep, check_model_supports_dp  # noqa: E402
+from privacy_audit.components.dp_trainer import training  # noqa: E402
+from privacy_audit.components.dp_trainer.dp_step import DPStep, check_model_supports_dp  # noqa: E402
 
 N_CLASSES = 4
 
@@ -256,7 +256,7 @@ def test_layer_rules_match_vectorised_per_example_grads(name):
 
 
 def test_conv_per_example_kernels_in_cache_sized_chunks(monkeypatch):
-    from components.dp_trainer.clipping import conv2d
+    from privacy_audit.components.dp_trainer.clipping import conv2d
 
     keras.utils.set_random_seed(8)
     model = _conv_model(1, "same", 1)

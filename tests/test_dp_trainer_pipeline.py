@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from components.common.examples import write_digits_csv
+from privacy_audit.components.common.examples import write_digits_csv
 
 
 def _run(tmp_path, **trainer_kwargs):
@@ -14,7 +14,7 @@ def _run(tmp_path, **trainer_kwargs):
     from tfx.v1 import dsl
     from tfx.v1.components import CsvExampleGen
 
-    from components.dp_trainer.component import DPTrainer
+    from privacy_audit.components.dp_trainer.component import DPTrainer
 
     data = tmp_path / "data"
     write_digits_csv(str(data), n=600, seed=1)
@@ -57,7 +57,7 @@ def test_pipeline_trains_dp_model_and_mlmd_holds_ledger_epsilon(tmp_path):
     assert ledger["sampling_probability"] == pytest.approx(50 / ledger["n_examples"])
     assert 350 < ledger["n_examples"] < 450  # 2/3 of 600 by hash
     # Independent recomputation of ε from the ledger's own numbers.
-    from components.dp_trainer.accounting import compute_epsilon
+    from privacy_audit.components.dp_trainer.accounting import compute_epsilon
 
     assert ledger["epsilon"] == pytest.approx(compute_epsilon(
         n_examples=ledger["n_examples"], batch_size=50, noise_multiplier=1.0, delta=ledger["delta"],
@@ -93,7 +93,7 @@ def _run_with_label(tmp_path, label_key):
     from tfx.v1 import dsl
     from tfx.v1.components import CsvExampleGen
 
-    from components.dp_trainer.component import DPTrainer
+    from privacy_audit.components.dp_trainer.component import DPTrainer
 
     data = tmp_path / "data"
     write_digits_csv(str(data), n=300, seed=1)
@@ -118,7 +118,7 @@ def test_bad_settings_fail_when_the_pipeline_is_built(kwargs, match):
     from tfx import types
     from tfx.types import standard_artifacts
 
-    from components.dp_trainer.component import DPTrainer
+    from privacy_audit.components.dp_trainer.component import DPTrainer
 
     ch = types.Channel(type=standard_artifacts.Examples)
     with pytest.raises(ValueError, match=match):

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from components.common import examples
+from privacy_audit.components.common import examples
 
 
 def _write_split(path, rows):

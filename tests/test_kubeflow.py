@@ -36,11 +36,11 @@ IMAGE = "registry.example.com/privacy-audit:test-1"
 PIPELINE_ROOT = "gs://audit-bucket/privacy-audit"
 ENTRYPOINT = ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
 EXECUTORS = {
-    "DPTrainer": "components.dp_trainer.executor.Executor",
-    "MembershipInferenceEvaluator": "components.membership_inference.executor.Executor",
-    "PrivacyReportGenerator": "components.privacy_report.executor.Executor",
+    "DPTrainer": "privacy_audit.components.dp_trainer.executor.Executor",
+    "MembershipInferenceEvaluator": "privacy_audit.components.membership_inference.executor.Executor",
+    "PrivacyReportGenerator": "privacy_audit.components.privacy_report.executor.Executor",
 }
-from pipelines.pipeline import default_variants  # noqa: E402
+from privacy_audit.pipelines.pipeline import default_variants  # noqa: E402
 
 VARIANTS = tuple(v.name for v in default_variants())  # the default pipeline's variants: non-private, then DP
 DP_VARIANT = next(v for v in default_variants() if v.private)
@@ -82,7 +82,7 @@ def compiled(tmp_path_factory):
     """The default pipeline compiled by the CLI, as a subprocess: (path, spec dict)."""
     out = tmp_path_factory.mktemp("kfp") / "pipeline.yaml"
     cli = ROOT / ".venv" / "bin" / "privacy-audit"
-    cmd = [str(cli)] if cli.exists() else [_main_python(), "-m", "pipelines.cli"]
+    cmd = [str(cli)] if cli.exists() else [_main_python(), "-m", "privacy_audit.pipelines.cli"]
     proc = subprocess.run(cmd + ["compile-kfp", "--output", str(out), "--image", IMAGE,
                                  "--pipeline-root", PIPELINE_ROOT],
                           capture_output=True, text=True, env=_env(), timeout=300, cwd=str(out.parent))
@@ -206,7 +206,7 @@ def test_compile_kfp_writes_pipeline_spec(compiled):
 
 
 def test_argo_safe_names_rename_every_reference_and_refuse_collisions():
-    from pipelines.kubeflow import argo_safe_names
+    from privacy_audit.pipelines.kubeflow import argo_safe_names
 
     def spec(*variants):
         tasks = {"Gen": {"taskInfo": {"name": "Gen"}, "componentRef": {"name": "Gen"}}}
@@ -241,7 +241,7 @@ def test_argo_safe_names_rename_every_reference_and_refuse_collisions():
 
 
 def test_compile_kfp_output_directory_is_an_error(tmp_path, capsys):
-    from pipelines import cli
+    from privacy_audit.pipelines import cli
 
     assert cli.main(["compile-kfp", "--output", str(tmp_path), "--image", IMAGE]) == 2
     err = capsys.readouterr().err

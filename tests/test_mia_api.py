@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from components.membership_inference import api, results as R
-from components.membership_inference.data import AttackInputs, synthetic_inputs
-from components.membership_inference.slicing import SlicingSpec
+from privacy_audit.components.membership_inference import api, results as R
+from privacy_audit.components.membership_inference.data import AttackInputs, synthetic_inputs
+from privacy_audit.components.membership_inference.slicing import SlicingSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -174,9 +174,9 @@ def test_duplicate_examples_are_warned_and_counted():
 
 def test_import_is_light_and_core_imports_no_tensorflow():
     code = ("import sys, numpy as np\n"
-            "import components.membership_inference.api as api\n"
+            "import privacy_audit.components.membership_inference.api as api\n"
             "assert 'sklearn' not in sys.modules and 'scipy' not in sys.modules\n"
-            "from components.membership_inference.data import AttackInputs\n"
+            "from privacy_audit.components.membership_inference.data import AttackInputs\n"
             "inp = AttackInputs(loss_members=np.arange(30.), loss_nonmembers=np.arange(30.) + 5)\n"
             "api.run_attacks(inp, ['threshold', 'logistic_regression'])\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tfx', 'keras', 'apache_beam')]\n"
@@ -185,7 +185,7 @@ def test_import_is_light_and_core_imports_no_tensorflow():
 
 
 def test_cli_registration_if_available(tmp_path, npz_path):
-    cli = pytest.importorskip("pipelines.cli")
+    cli = pytest.importorskip("privacy_audit.pipelines.cli")
     out_path = tmp_path / "cli.json"
     assert cli.main(["attack", "--input", npz_path, "--output", str(out_path), "--attacks", "threshold",
                      "--quiet"]) == 0

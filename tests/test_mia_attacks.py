@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from components.membership_inference import api, attacks as A
-from components.membership_inference.data import (AttackInputs, InputValidationError, cross_entropy_from_logits,
+from privacy_audit.components.membership_inference import api, attacks as A
+from privacy_audit.components.membership_inference.data import (AttackInputs, InputValidationError, cross_entropy_from_logits,
                                                   cross_entropy_from_probs, modified_entropy,
                                                   modified_entropy_from_logits, softmax, synthetic_inputs)
-from components.membership_inference.slicing import SlicingSpec
+from privacy_audit.components.membership_inference.slicing import SlicingSpec
 
 
 def synthetic(n_m=600, n_n=500, c=5, gap=1.0, seed=0):

@@ -10,11 +10,11 @@ import warnings
 import numpy as np
 import pytest
 
-from components.membership_inference import api, beam_pipeline as bp, combiners
-from components.membership_inference import attacks as attacks_mod
-from components.membership_inference import metrics
-from components.membership_inference.data import AttackInputs, InputValidationError
-from components.membership_inference.slicing import SlicingSpec
+from privacy_audit.components.membership_inference import api, beam_pipeline as bp, combiners
+from privacy_audit.components.membership_inference import attacks as attacks_mod
+from privacy_audit.components.membership_inference import metrics
+from privacy_audit.components.membership_inference.data import AttackInputs, InputValidationError
+from privacy_audit.components.membership_inference.slicing import SlicingSpec
 
 MULTI = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 METRIC_KEYS = ("auc", "attacker_advantage", "ppv", "epsilon_lower_bound")
@@ -341,7 +341,7 @@ def _examples_run(env, tmp_path, settings, members="train", nonmembers="eval", b
 def test_examples_and_keras_model_match_in_memory(examples_and_model, tmp_path):
     import keras
 
-    from components.common import examples as examples_lib
+    from privacy_audit.components.common import examples as examples_lib
 
     env = examples_and_model
     settings = bp.AuditSettings(attacks=("threshold",), slicing=SlicingSpec(by_class=True,

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from components.common.examples import write_digits_csv
+from privacy_audit.components.common.examples import write_digits_csv
 
 VARIANT = "fixture"
 EPOCHS = (12, 24)
@@ -36,7 +36,7 @@ def _fixture_model(model_dir, examples_uri):
     """Trains a small overfitting Keras model on the members' split and saves it as DPTrainer does."""
     import keras
 
-    from components.common import examples as examples_lib
+    from privacy_audit.components.common import examples as examples_lib
 
     train = examples_lib.load_examples(os.path.join(examples_uri, "Split-train", "*"), "label")
     keras.utils.set_random_seed(0)
@@ -80,7 +80,7 @@ def pipeline_run(tmp_path_factory):
     from tfx.v1 import dsl
     from tfx.v1.components import CsvExampleGen
 
-    from components.membership_inference.component import MembershipInferenceEvaluator
+    from privacy_audit.components.membership_inference.component import MembershipInferenceEvaluator
 
     tmp = tmp_path_factory.mktemp("mia_component")
     data = tmp / "data"
@@ -124,7 +124,7 @@ def _output_dir(root, component_id, output):
 
 
 def test_results_per_checkpoint_with_ledger_epsilon(pipeline_run):
-    from components.membership_inference.results import read_results
+    from privacy_audit.components.membership_inference.results import read_results
 
     uri = _output_dir(pipeline_run["root"], "Evaluator", "attack_results")
     with open(os.path.join(uri, "index.json")) as f:
@@ -169,7 +169,7 @@ def test_blessing_without_gate_is_blessed(pipeline_run):
 
 
 def test_gate_below_measured_auc_is_not_blessed_and_names_slices(pipeline_run):
-    from components.membership_inference.results import read_results
+    from privacy_audit.components.membership_inference.results import read_results
 
     uri = _output_dir(pipeline_run["root"], "StrictEvaluator", "blessing")
     with open(os.path.join(uri, "blessing.json")) as f:
@@ -195,7 +195,7 @@ def test_component_rejects_bad_parameters():
     from tfx import types
     from tfx.types import standard_artifacts
 
-    from components.membership_inference.component import MembershipInferenceEvaluator
+    from privacy_audit.components.membership_inference.component import MembershipInferenceEvaluator
 
     ex = types.Channel(type=standard_artifacts.Examples)
     model = types.Channel(type=standard_artifacts.Model)

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from components.membership_inference import metrics as M
+from privacy_audit.components.membership_inference import metrics as M
 
 
 def _sk(scores, is_member, w=None):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from components.membership_inference import api, metrics as M
-from components.membership_inference.data import AttackInputs, cross_entropy_from_logits, synthetic_inputs
-from components.membership_inference.slicing import SlicingSpec, make_slices, slice_name
+from privacy_audit.components.membership_inference import api, metrics as M
+from privacy_audit.components.membership_inference.data import AttackInputs, cross_entropy_from_logits, synthetic_inputs
+from privacy_audit.components.membership_inference.slicing import SlicingSpec, make_slices, slice_name
 
 
 def synthetic(seed=0):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from components.dp_trainer import one_run_audit as ora
+from privacy_audit.components.dp_trainer import one_run_audit as ora
 
 
 # ---------------------------------------------------------------------------------------------------------

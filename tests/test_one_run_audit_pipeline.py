@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from components.common.examples import write_digits_csv
+from privacy_audit.components.common.examples import write_digits_csv
 
 CANARIES = 200
 SIGMA_OK, SIGMA_BROKEN = 8.0, 8.5
@@ -36,10 +36,10 @@ def run(tmp_path_factory):
     from tfx.v1 import dsl
     from tfx.v1.components import CsvExampleGen
 
-    from components.dp_trainer import training
-    from components.dp_trainer.component import DPTrainer
-    from components.membership_inference.component import MembershipInferenceEvaluator
-    from components.privacy_report.component import PrivacyReportGenerator
+    from privacy_audit.components.dp_trainer import training
+    from privacy_audit.components.dp_trainer.component import DPTrainer
+    from privacy_audit.components.membership_inference.component import MembershipInferenceEvaluator
+    from privacy_audit.components.privacy_report.component import PrivacyReportGenerator
 
     tmp = tmp_path_factory.mktemp("one_run_audit_pipeline")
     write_digits_csv(str(tmp / "data"), n=800, seed=0)

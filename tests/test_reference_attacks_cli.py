@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from components.membership_inference import reference_models as rm
-from components.membership_inference import strong_attacks as sa
+from privacy_audit.components.membership_inference import reference_models as rm
+from privacy_audit.components.membership_inference import strong_attacks as sa
 
 
 def _synthetic(tmp_path, n_m=300, n_n=400, k=6, c=5, seed=0):
@@ -32,7 +32,7 @@ def _synthetic(tmp_path, n_m=300, n_n=400, k=6, c=5, seed=0):
 def test_attack_cli_runs_lira_and_rmia_from_reference_signals(tmp_path, capsys):
     from sklearn.metrics import roc_auc_score
 
-    from pipelines.cli import main
+    from privacy_audit.pipelines.cli import main
 
     path, target, labels, is_member, ref_logits, in_mask = _synthetic(tmp_path)
     out = tmp_path / "results.json"
@@ -71,7 +71,7 @@ def test_attack_cli_runs_lira_and_rmia_from_reference_signals(tmp_path, capsys):
 
 
 def test_attack_cli_reference_errors(tmp_path, capsys):
-    from pipelines.cli import main
+    from privacy_audit.pipelines.cli import main
 
     path, target, labels, *_ = _synthetic(tmp_path)
     plain = tmp_path / "plain.npz"
@@ -98,17 +98,17 @@ def test_attack_cli_reference_errors(tmp_path, capsys):
 
 
 def test_attack_names_agree_between_the_registry_and_the_reference_library():
-    from components.membership_inference import attacks
+    from privacy_audit.components.membership_inference import attacks
 
     assert set(attacks.reference_attack_names(list(attacks.ATTACKS))) == set(rm.REFERENCE_ATTACKS)
     with pytest.raises(ValueError, match="not run by the Beam path"):
-        from components.membership_inference.beam_pipeline import AuditSettings
+        from privacy_audit.components.membership_inference.beam_pipeline import AuditSettings
 
         AuditSettings(attacks=("threshold", "lira"))
 
 
 def test_pipeline_adds_reference_trainers_and_audit_canaries(tmp_path):
-    from pipelines.pipeline import AuditSpec, create_pipeline, default_variants
+    from privacy_audit.pipelines.pipeline import AuditSpec, create_pipeline, default_variants
 
     p = create_pipeline(pipeline_root=str(tmp_path / "root"), label_key="label", data_root=str(tmp_path),
                         audit=AuditSpec(reference_models=4, audit_canaries=100), variants=default_variants(5))
@@ -134,7 +134,7 @@ def test_pipeline_adds_reference_trainers_and_audit_canaries(tmp_path):
 def test_run_settings_for_reference_models_and_audit():
     import argparse
 
-    from pipelines import run
+    from privacy_audit.pipelines import run
 
     def settings(**kw):
         ns = argparse.Namespace(**{k: None for k in run.DEFAULTS})

@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from components.common.examples import write_digits_csv
+from privacy_audit.components.common.examples import write_digits_csv
 
 K = 4
 REF_SEED = 5
@@ -33,9 +33,9 @@ def _pipeline(tmp, data, db):
     from tfx.v1 import dsl
     from tfx.v1.components import CsvExampleGen
 
-    from components.dp_trainer.component import DPTrainer
-    from components.membership_inference.component import MembershipInferenceEvaluator
-    from components.reference_models.component import ReferenceModelTrainer
+    from privacy_audit.components.dp_trainer.component import DPTrainer
+    from privacy_audit.components.membership_inference.component import MembershipInferenceEvaluator
+    from privacy_audit.components.reference_models.component import ReferenceModelTrainer
 
     gen = CsvExampleGen(input_base=str(data))
     examples = gen.outputs["examples"]
@@ -71,7 +71,7 @@ def run(tmp_path_factory):
 
 def _population(examples_uri):
     """Members (train split) then non-members (eval split): inputs, labels, sha1 of each serialized example."""
-    from components.common import examples as examples_lib
+    from privacy_audit.components.common import examples as examples_lib
 
     out = []
     for split in ("train", "eval"):
@@ -84,7 +84,7 @@ def _population(examples_uri):
 
 
 def test_reference_artifact_records_the_design_per_example_id(run):
-    from components.membership_inference import reference_models as rm
+    from privacy_audit.components.membership_inference import reference_models as rm
 
     refs = run["refs"]
     assert refs.custom_properties["k"].int_value == K
@@ -125,8 +125,8 @@ def _target_logits(model_uri, x):
 def test_reference_attack_entries_equal_an_independent_recomputation(run):
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    from components.membership_inference import strong_attacks as sa
-    from components.membership_inference.results import read_results
+    from privacy_audit.components.membership_inference import strong_attacks as sa
+    from privacy_audit.components.membership_inference.results import read_results
 
     with open(os.path.join(run["results"], "index.json")) as f:
         index = json.load(f)
@@ -198,8 +198,8 @@ def test_reference_attacks_need_the_reference_input():
     from tfx import types
     from tfx.types import standard_artifacts
 
-    from components.membership_inference.component import MembershipInferenceEvaluator
-    from components.reference_models.component import ReferenceModelTrainer
+    from privacy_audit.components.membership_inference.component import MembershipInferenceEvaluator
+    from privacy_audit.components.reference_models.component import ReferenceModelTrainer
 
     ex = types.Channel(type=standard_artifacts.Examples)
     model = types.Channel(type=standard_artifacts.Model)

@@ -20,14 +20,14 @@ from tfx.orchestration import metadata  # noqa: E402
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner  # noqa: E402
 from tfx.v1 import dsl  # noqa: E402
 
-from components.privacy_report.component import (  # noqa: E402
+from privacy_audit.components.privacy_report.component import (  # noqa: E402
     MembershipInferenceResults,
     ModelRun,
     PrivacyBlessing,
     PrivacyReport,
 )
-from components.privacy_report import trend  # noqa: E402
-from components.privacy_report.component import PrivacyReportGenerator  # noqa: E402
+from privacy_audit.components.privacy_report import trend  # noqa: E402
+from privacy_audit.components.privacy_report.component import PrivacyReportGenerator  # noqa: E402
 
 try:
     from test_report_plots import EPOCHS, make_ledger_doc, make_results_doc, write_json

@@ -10,10 +10,10 @@ import pathlib
 
 import pytest
 
-from components.privacy_report import html_report
-from components.privacy_report.html_report import write_report
-from components.privacy_report.load import ReportInputError
-from components.privacy_report.summary import text_summary
+from privacy_audit.components.privacy_report import html_report
+from privacy_audit.components.privacy_report.html_report import write_report
+from privacy_audit.components.privacy_report.load import ReportInputError
+from privacy_audit.components.privacy_report.summary import text_summary
 
 try:
     from test_report_plots import make_ledger_docs, make_results_doc, make_results_docs, write_json
@@ -259,6 +259,6 @@ def test_screenshot_script_demo(tmp_path, chromium):
 
 def test_results_doc_helper_is_valid():
     # Guards the shared fixture against drifting from the results schema.
-    from components.membership_inference.results import validate_results
+    from privacy_audit.components.membership_inference.results import validate_results
 
     validate_results(make_results_doc("dp", 2, is_final=False))

@@ -11,8 +11,8 @@ import math
 
 import pytest
 
-from components.privacy_report import load, plots
-from components.privacy_report.load import ReportInputError
+from privacy_audit.components.privacy_report import load, plots
+from privacy_audit.components.privacy_report.load import ReportInputError
 
 VARIANTS = ("non_private", "dp")
 SLICES = ({"feature": "entire_dataset"}, {"feature": "class", "value": 0}, {"feature": "class", "value": 1})
@@ -164,7 +164,7 @@ def test_ledger_reader(tmp_path):
 
 
 def test_ledger_reader_reads_the_trainers_ledger(tmp_path):
-    accounting = pytest.importorskip("components.dp_trainer.accounting")
+    accounting = pytest.importorskip("privacy_audit.components.dp_trainer.accounting")
     ledger = accounting.PrivacyLedger(model_variant="dp", private=True, n_examples=1000, expected_batch_size=50,
                                       noise_multiplier=1.1, l2_norm_clip=1.0, delta=1e-5)
     for epoch in (1, 2):

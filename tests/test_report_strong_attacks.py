@@ -9,8 +9,8 @@ import pathlib
 
 import pytest
 
-from components.privacy_report import load, plots
-from components.privacy_report.html_report import write_report
+from privacy_audit.components.privacy_report import load, plots
+from privacy_audit.components.privacy_report.html_report import write_report
 
 try:
     from test_report_plots import make_entry, make_ledger_docs, make_results_docs, write_json
@@ -122,7 +122,7 @@ def test_auc_null_sd_matches_permutation_spread_and_reaches_the_page(tmp_path):
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    from components.privacy_report.summary import auc_null_sd
+    from privacy_audit.components.privacy_report.summary import auc_null_sd
 
     rng = np.random.default_rng(0)
     n1, n0 = 40, 70
@@ -143,7 +143,7 @@ def test_auc_null_sd_matches_permutation_spread_and_reaches_the_page(tmp_path):
 
 
 def test_most_vulnerable_slice_carries_its_no_leakage_band(tmp_path):
-    from components.privacy_report.summary import auc_null_sd
+    from privacy_audit.components.privacy_report.summary import auc_null_sd
 
     out = write_report(tmp_path / "out", _docs_with_reference_attacks(), _ledgers())
     for row in out.summary["variants"]:

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from components.common.examples import write_digits_csv
+from privacy_audit.components.common.examples import write_digits_csv
 
-CLI = [sys.executable, "-m", "pipelines.cli"]
+CLI = [sys.executable, "-m", "privacy_audit.pipelines.cli"]
 
 
 def _small_args(data_dir, out_dir, *extra):
@@ -63,7 +63,7 @@ def test_run_writes_report_and_summary_matching_the_ledgers(first_run):
     assert "<img" in html and "http://" not in html.replace("http://www.w3.org", "")
     summary = json.loads((out / "summary.json").read_text())
     variants = {v["name"]: v for v in summary["variants"]}
-    from pipelines.pipeline import default_variants
+    from privacy_audit.pipelines.pipeline import default_variants
 
     dp_spec = next(v for v in default_variants() if v.private)
     assert set(variants) == {"non_private", dp_spec.name}
@@ -160,15 +160,15 @@ def test_bad_input_fails_clearly_and_keeps_earlier_outputs(first_run, tmp_path, 
 
 
 def _variants(*argv, config=None):
-    from pipelines.cli import build_parser
-    from pipelines.run import build_variants, resolve_settings
+    from privacy_audit.pipelines.cli import build_parser
+    from privacy_audit.pipelines.run import build_variants, resolve_settings
 
     args = build_parser().parse_args(["run", *argv] + (["--config", str(config)] if config else []))
     return {v.name: v for v in build_variants(resolve_settings(args))}
 
 
 def test_demo_variants_keep_their_own_dp_settings_unless_overridden(tmp_path):
-    from pipelines.pipeline import default_variants
+    from privacy_audit.pipelines.pipeline import default_variants
 
     demo = {v.name: v for v in default_variants()}
     got = _variants()

@@ -9,7 +9,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from components.dp_trainer import sampling, training  # noqa: E402
+from privacy_audit.components.dp_trainer import sampling, training  # noqa: E402
 
 
 def _all_batches(sampler, epochs):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from components.membership_inference import reference_models as rm
-from components.membership_inference import strong_attacks as sa
-from components.membership_inference.metrics import attack_metrics
+from privacy_audit.components.membership_inference import reference_models as rm
+from privacy_audit.components.membership_inference import strong_attacks as sa
+from privacy_audit.components.membership_inference.metrics import attack_metrics
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -330,7 +330,7 @@ def test_train_reference_models_shapes_cache_and_results(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="noise_multiplier"):
         rm.train_reference_models(_tiny_model, x, y, k=2, epochs=1, batch_size=16, learning_rate=0.05, private=True)
 
-    from components.membership_inference import results
+    from privacy_audit.components.membership_inference import results
 
     member = rng.random(m) < 0.5
     target = signals["logits"][0] + rng.normal(size=(m, 3)).astype(np.float32)

@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
-from components.dp_trainer import training  # noqa: E402
+from privacy_audit.components.dp_trainer import training  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ class SubclassedMLP(keras.Model):
 
 
 def test_unbuilt_subclassed_model_uses_layer_rules():
-    from components.dp_trainer.dp_step import DPStep
+    from privacy_audit.components.dp_trainer.dp_step import DPStep
 
     rng = np.random.default_rng(2)
     x = rng.standard_normal((24, 5)).astype(np.float32)

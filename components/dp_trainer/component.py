@@ -12,7 +12,7 @@ from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from components.dp_trainer import executor
+from privacy_audit.components.dp_trainer import executor
 
 
 class DPTrainerSpec(types.ComponentSpec):
@@ -76,7 +76,7 @@ class DPTrainer(base_component.BaseComponent):
                  module_file: Optional[str] = None, model_fn: str = "build_keras_model",
                  builtin_model: str = "auto", hparams: Optional[Dict[str, Any]] = None,
                  audit_canaries: int = 0):
-        from components.dp_trainer.trainer import DPTrainingConfig
+        from privacy_audit.components.dp_trainer.trainer import DPTrainingConfig
 
         # Checked here so that a pipeline with bad settings fails when it is built, not hours later.
         DPTrainingConfig(label_key=label_key, model_variant=model_variant, private=private, epochs=epochs,

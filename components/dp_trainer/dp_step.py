@@ -11,7 +11,7 @@ realised one) keeps the sensitivity of the sum at C, as Poisson-sampled
 accounting assumes.
 
 Per-example norms and the clipped sum come from one forward and one backward
-pass (see :mod:`components.dp_trainer.clipping`): each layer's call is replaced
+pass (see :mod:`privacy_audit.components.dp_trainer.clipping`): each layer's call is replaced
 during the forward pass by its rule, which keeps the layer input and exposes the
 pre-activation output ``z``; one backward pass gives ``dL/dz`` for all layers,
 from which each rule computes per-example norms (ghost norms, or explicit
@@ -37,10 +37,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from components.dp_trainer import clipping
-from components.dp_trainer.clipping import layer_norm as _layer_norm
-from components.dp_trainer.clipping import vectorised as _vectorised
-from components.dp_trainer.sampling import check_int
+from privacy_audit.components.dp_trainer import clipping
+from privacy_audit.components.dp_trainer.clipping import layer_norm as _layer_norm
+from privacy_audit.components.dp_trainer.clipping import vectorised as _vectorised
+from privacy_audit.components.dp_trainer.sampling import check_int
 
 logger = logging.getLogger(__name__)
 

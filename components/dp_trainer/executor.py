@@ -10,14 +10,14 @@ from tfx import types
 from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 
-from components.common.examples import load_examples, split_file_pattern
-from components.dp_trainer.trainer import DPTrainingConfig, train
+from privacy_audit.components.common.examples import load_examples, split_file_pattern
+from privacy_audit.components.dp_trainer.trainer import DPTrainingConfig, train
 
 
 def _read_audit(run_dir: str):
     import os
 
-    from components.dp_trainer.trainer import ONE_RUN_AUDIT_FILE
+    from privacy_audit.components.dp_trainer.trainer import ONE_RUN_AUDIT_FILE
 
     path = os.path.join(run_dir, ONE_RUN_AUDIT_FILE)
     if not os.path.exists(path):

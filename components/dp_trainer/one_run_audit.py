@@ -319,7 +319,7 @@ def canary_audit(train_fn: TrainFn, x_train, y_train, x_canaries, y_canaries, *,
       confidence, k_plus, k_minus: see :func:`audit_from_scores`.
     Score of a canary: minus its cross-entropy loss under the trained model.
     """
-    from components.membership_inference.data import cross_entropy_from_logits
+    from privacy_audit.components.membership_inference.data import cross_entropy_from_logits
 
     x_train, y_train = np.asarray(x_train), np.asarray(y_train)
     x_can, y_can = np.asarray(x_canaries), np.asarray(y_canaries)
@@ -371,21 +371,21 @@ def dp_training_fn(build_model_fn: Callable[[], Any], *, epochs: int, batch_size
                    l2_norm_clip: float, noise_multiplier: float, delta: float, optimizer: str = "sgd",
                    sampling: str = "poisson", seed: int = 0, accountant: str = "rdp",
                    claimed_noise_multiplier: Optional[float] = None) -> TrainFn:
-    """A ``train_fn`` for :func:`canary_audit` using :func:`components.dp_trainer.training.fit`.
+    """A ``train_fn`` for :func:`canary_audit` using :func:`privacy_audit.components.dp_trainer.training.fit`.
 
     It returns ``(logits_fn, ε)`` with ε from the accountant for the steps and sampling probability
     that really ran, computed for ``claimed_noise_multiplier`` when given (to test a run whose claim
     differs from what it does, e.g. noise_multiplier=0 claiming σ = 1), else for ``noise_multiplier``.
     ``build_model_fn() -> keras.Model`` is called after ``keras.utils.set_random_seed(seed)``.
     """
-    from components.dp_trainer import accounting
+    from privacy_audit.components.dp_trainer import accounting
 
     sigma_claim = noise_multiplier if claimed_noise_multiplier is None else claimed_noise_multiplier
 
     def train(x: np.ndarray, y: np.ndarray):
         import keras
 
-        from components.dp_trainer import training
+        from privacy_audit.components.dp_trainer import training
 
         keras.utils.set_random_seed(int(seed))
         model = build_model_fn()

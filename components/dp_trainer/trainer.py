@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from components.dp_trainer import accounting
+from privacy_audit.components.dp_trainer import accounting
 
 logger = logging.getLogger(__name__)
 
@@ -159,8 +159,8 @@ def train(config: DPTrainingConfig, x: np.ndarray, y: np.ndarray, *, model_dir: 
 
     Nothing but these two directories is written; each file goes to a temporary name first.
     """
-    from components.dp_trainer import dp_step, sampling, training
-    from components.dp_trainer.models import build_model
+    from privacy_audit.components.dp_trainer import dp_step, sampling, training
+    from privacy_audit.components.dp_trainer.models import build_model
 
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y).astype(np.int64)
@@ -307,8 +307,8 @@ def one_run_privacy_audit(config: DPTrainingConfig, x: np.ndarray, y: np.ndarray
     of the audit run is computed for the steps that ran and its own sampling rate (the base set plus the
     included canaries), with the main run's σ and δ.
     """
-    from components.dp_trainer import one_run_audit
-    from components.dp_trainer.models import build_model
+    from privacy_audit.components.dp_trainer import one_run_audit
+    from privacy_audit.components.dp_trainer.models import build_model
 
     started = time.time()
     m = int(config.audit_canaries)

@@ -14,8 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-from components.dp_trainer import dp_step as dp_step_lib
-from components.dp_trainer import sampling as sampling_lib
+from privacy_audit.components.dp_trainer import dp_step as dp_step_lib
+from privacy_audit.components.dp_trainer import sampling as sampling_lib
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,7 @@
 
     privacy-audit attack --input FILE --output results.json [--attacks a,b] [--slicing by_class,...] [--seed N]
 
-FILE is ``.npz`` or Parquet (see :class:`~components.membership_inference.data.AttackInputs`). The output
+FILE is ``.npz`` or Parquet (see :class:`~privacy_audit.components.membership_inference.data.AttackInputs`). The output
 is the attack results JSON of DESIGN.md. The reference-model attacks (``lira``, ``lira_offline``, ``rmia``,
 ``rmia_offline``) also need the reference models' outputs on the same examples, in a ``.npz`` input:
 ``ref_logits`` [K, N, C] and ``ref_in_mask`` [K, N] (bool), over the members then the non-members
@@ -22,9 +22,9 @@ import warnings
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
-    from components.membership_inference.attacks import AttackConfig
-    from components.membership_inference.data import AttackInputs
-    from components.membership_inference.slicing import SlicingSpec
+    from privacy_audit.components.membership_inference.attacks import AttackConfig
+    from privacy_audit.components.membership_inference.data import AttackInputs
+    from privacy_audit.components.membership_inference.slicing import SlicingSpec
 
 DEFAULT_ATTACKS = ("threshold", "logistic_regression")
 Progress = Callable[[str], None]
@@ -69,10 +69,10 @@ def run_attacks(inputs: "AttackInputs", attacks: Sequence[str] = DEFAULT_ATTACKS
     Examples whose ids appear on both sides are counted in ``metadata.n_duplicate_examples`` and reported
     with a :class:`DuplicateExamplesWarning`.
     """
-    from components.membership_inference import attacks as attacks_mod
-    from components.membership_inference import metrics, results, slicing as slicing_mod
+    from privacy_audit.components.membership_inference import attacks as attacks_mod
+    from privacy_audit.components.membership_inference import metrics, results, slicing as slicing_mod
 
-    from components.membership_inference import reference_models
+    from privacy_audit.components.membership_inference import reference_models
 
     names = attacks_mod.check_attack_names(list(attacks))
     reference_names = attacks_mod.reference_attack_names(names)
@@ -164,7 +164,7 @@ def _derived_seed(seed: int, slice_spec: Mapping[str, Any], attack: str) -> int:
 
 def load_inputs(path: str) -> "AttackInputs":
     """Reads ``.npz`` or Parquet (``.parquet``/``.pq``) attack inputs."""
-    from components.membership_inference.data import AttackInputs
+    from privacy_audit.components.membership_inference.data import AttackInputs
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"input file not found: {path}")
@@ -183,7 +183,7 @@ def load_references(path: str):
     :class:`reference_models.ReferenceSignals`, or None when the file has none (or is Parquet)."""
     import numpy as np
 
-    from components.membership_inference.reference_models import ReferenceSignals
+    from privacy_audit.components.membership_inference.reference_models import ReferenceSignals
 
     if os.path.splitext(path)[1].lower() != ".npz":
         return None
@@ -220,8 +220,8 @@ def attack_file(input_path: str, output_path: str, attacks: Sequence[str] = DEFA
       kwargs: passed to :func:`run_attacks` (delta, confidence, config, ...).
     Returns the results object written.
     """
-    from components.membership_inference import results
-    from components.membership_inference.slicing import SlicingSpec
+    from privacy_audit.components.membership_inference import results
+    from privacy_audit.components.membership_inference.slicing import SlicingSpec
 
     spec = SlicingSpec.from_names(slicing_names)
     inputs = load_inputs(input_path)
@@ -279,7 +279,7 @@ def main_attack(args) -> int:
             raise ValueError(f"--confidence must be in (0, 1), got {args.confidence}")
         if not 0.0 <= args.delta < 1.0:
             raise ValueError(f"--delta must be in [0, 1), got {args.delta}")
-        from components.membership_inference.attacks import AttackConfig
+        from privacy_audit.components.membership_inference.attacks import AttackConfig
 
         config = AttackConfig(n_folds=args.folds)
         reference_options = None
@@ -310,7 +310,7 @@ def main_attack(args) -> int:
     print(f"wrote {args.output}: {len(results_list)} results, {len(obj['skipped_slices'])} skipped slices "
           f"in {time.perf_counter() - t0:.1f}s")
     if best is not None:
-        from components.membership_inference.slicing import slice_name
+        from privacy_audit.components.membership_inference.slicing import slice_name
 
         print(f"max auc {best['auc']:.4f} ({best['attack']}, {slice_name(best['slice'])}); "
               f"max attacker_advantage {max(r['attacker_advantage'] for r in results_list):.4f}; "

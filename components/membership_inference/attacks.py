@@ -37,8 +37,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from components.membership_inference.data import MIN_PROB, AttackInputs, as_2d_logits
-from components.membership_inference.metrics import roc_auc
+from privacy_audit.components.membership_inference.data import MIN_PROB, AttackInputs, as_2d_logits
+from privacy_audit.components.membership_inference.metrics import roc_auc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +157,7 @@ class PreparedInputs:
         """``(scores [n_members + n_nonmembers], resolved options)`` of a reference attack on every example
         (members first), computed once: the per-example fits do not depend on the slice."""
         if name not in self._reference_scores:
-            from components.membership_inference.reference_models import reference_attack_scores
+            from privacy_audit.components.membership_inference.reference_models import reference_attack_scores
 
             if self.references is None:
                 raise ValueError(f"{name} needs reference models: give their logits on the same examples "
@@ -174,7 +174,7 @@ class PreparedInputs:
             ref_logits = self.references.logits
             if ref_logits.ndim == 2:  # single-logit binary references, like as_2d_logits does for the target
                 ref_logits = np.stack([np.zeros_like(ref_logits), ref_logits], axis=-1)
-            from components.membership_inference.reference_models import ReferenceSignals
+            from privacy_audit.components.membership_inference.reference_models import ReferenceSignals
 
             refs = ReferenceSignals(ref_logits, self.references.in_mask)
             self._reference_scores[name] = reference_attack_scores(name, target, labels, refs,

@@ -58,13 +58,13 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 import apache_beam as beam
 import numpy as np
 
-from components.membership_inference import combiners
-from components.membership_inference.api import DEFAULT_ATTACKS, DuplicateExamplesWarning
-from components.membership_inference import data as data_lib
-from components.membership_inference import metrics as metrics_lib
-from components.membership_inference import results as results_lib
-from components.membership_inference import slicing as slicing_lib
-from components.membership_inference.slicing import SlicingSpec
+from privacy_audit.components.membership_inference import combiners
+from privacy_audit.components.membership_inference.api import DEFAULT_ATTACKS, DuplicateExamplesWarning
+from privacy_audit.components.membership_inference import data as data_lib
+from privacy_audit.components.membership_inference import metrics as metrics_lib
+from privacy_audit.components.membership_inference import results as results_lib
+from privacy_audit.components.membership_inference import slicing as slicing_lib
+from privacy_audit.components.membership_inference.slicing import SlicingSpec
 
 _LOG = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class AuditSettings:
     roc_points: int = metrics_lib.DEFAULT_ROC_POINTS
 
     def __post_init__(self) -> None:
-        from components.membership_inference import attacks as attacks_mod
+        from privacy_audit.components.membership_inference import attacks as attacks_mod
 
         object.__setattr__(self, "attacks", tuple(attacks_mod.check_attack_names(list(self.attacks))))
         with_references = attacks_mod.reference_attack_names(self.attacks)
@@ -574,8 +574,8 @@ def trained_attack_entry(sample: combiners.SliceSample, spec: Mapping[str, Any],
     """The result row of a trained attack on a slice's sample: the in-memory code (feature extraction,
     cross-validated attack, metrics) run on the sampled rows, with the in-memory path's per-(slice,
     attack) seed."""
-    from components.membership_inference import api
-    from components.membership_inference import attacks as attacks_mod
+    from privacy_audit.components.membership_inference import api
+    from privacy_audit.components.membership_inference import attacks as attacks_mod
 
     inputs = sample_to_inputs(sample)
     prepared = attacks_mod.PreparedInputs(inputs, settings.attack_config or attacks_mod.AttackConfig())
@@ -1208,7 +1208,7 @@ class InferenceFn(beam.DoFn):
         self._loaded = [(m.key, load_keras_model(m.path)) for m in self.models]
 
     def process(self, records):
-        from components.common import examples as examples_lib
+        from privacy_audit.components.common import examples as examples_lib
 
         if not records:
             return

@@ -24,7 +24,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 import apache_beam as beam
 import numpy as np
 
-from components.membership_inference import metrics as metrics_lib
+from privacy_audit.components.membership_inference import metrics as metrics_lib
 
 #: Distinct scores kept exactly per (model, slice, attack) before collapsing to a histogram: 2**20 keys use
 #: 24 MiB (int64 key + two int64 counts each).

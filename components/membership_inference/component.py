@@ -11,9 +11,9 @@ from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from components.membership_inference import executor
-from components.membership_inference.api import DEFAULT_ATTACKS
-from components.reference_models.component import ReferenceModels
+from privacy_audit.components.membership_inference import executor
+from privacy_audit.components.membership_inference.api import DEFAULT_ATTACKS
+from privacy_audit.components.reference_models.component import ReferenceModels
 
 DEFAULT_SLICING: Dict[str, Any] = {"entire_dataset": True, "by_class": True}
 

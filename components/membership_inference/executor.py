@@ -24,7 +24,7 @@ PER_EXAMPLE_DIR = "per_example"
 PER_EXAMPLE_REFERENCE_DIR = "per_example_reference"
 INDEX_FILE = "index.json"
 BLESSING_FILE = "blessing.json"
-ONE_RUN_AUDIT_FILE = "one_run_audit.json"  # components.dp_trainer.trainer.ONE_RUN_AUDIT_FILE
+ONE_RUN_AUDIT_FILE = "one_run_audit.json"  # privacy_audit.components.dp_trainer.trainer.ONE_RUN_AUDIT_FILE
 GATE_METRICS = ("auc", "attacker_advantage", "epsilon_lower_bound")
 #: TPR is reported at these FPRs; 0.01% is only meaningful with >= 10,000 non-members (the result lists
 #: unresolved targets in tpr_at_fpr_unresolved).
@@ -52,7 +52,7 @@ def parse_json_list(text: Optional[str], name: str) -> Optional[List[str]]:
 def slicing_from_json(text: str):
     """SlicingSpec from the component's JSON: keys entire_dataset, by_class (bool or list of ints),
     by_percentiles, by_classification_correctness, feature_keys (list of names)."""
-    from components.membership_inference.slicing import SlicingSpec
+    from privacy_audit.components.membership_inference.slicing import SlicingSpec
 
     try:
         obj = json.loads(text) if text else {}
@@ -83,7 +83,7 @@ def slicing_from_json(text: str):
 
 def split_attacks(attacks_json: str) -> Tuple[List[str], List[str]]:
     """``(attacks of the Beam path, attacks with reference models)``, names validated, order kept."""
-    from components.membership_inference import attacks as attacks_mod
+    from privacy_audit.components.membership_inference import attacks as attacks_mod
 
     attacks = parse_json_list(attacks_json, "attacks")
     if not attacks:
@@ -96,7 +96,7 @@ def split_attacks(attacks_json: str) -> Tuple[List[str], List[str]]:
 def parse_settings(attacks_json: str, slicing_json: str, seed: int, min_slice_size: int, sample_size: int):
     """AuditSettings of the Beam path from the component's parameters (validated); the reference attacks
     (lira, rmia, ...) are left to :func:`reference_attack_results`."""
-    from components.membership_inference.beam_pipeline import AuditSettings
+    from privacy_audit.components.membership_inference.beam_pipeline import AuditSettings
 
     standard, with_references = split_attacks(attacks_json)
     if not standard:
@@ -109,7 +109,7 @@ def parse_settings(attacks_json: str, slicing_json: str, seed: int, min_slice_si
 
 def parse_reference_options(text: Optional[str]) -> Dict[str, Dict[str, Any]]:
     """The reference attacks' options from the component's JSON (validated)."""
-    from components.membership_inference.reference_models import check_reference_options
+    from privacy_audit.components.membership_inference.reference_models import check_reference_options
 
     if not text:
         return {}
@@ -155,7 +155,7 @@ def privacy_gate(results_obj: Mapping[str, Any], thresholds: Mapping[str, float]
     "metric", "value", "threshold"(, "reason")}], "failing_slices": [names], "reasons": [str],
     "max": {metric: value}}`` (and ``one_run_audit``: its bound and claim, when given).
     """
-    from components.membership_inference.slicing import slice_name
+    from privacy_audit.components.membership_inference.slicing import slice_name
 
     failures: List[Dict[str, Any]] = []
     maxima: Dict[str, Optional[float]] = {m: None for m in GATE_METRICS}
@@ -206,7 +206,7 @@ def _read_json(path: str) -> Optional[Dict[str, Any]]:
 
 
 def _write_json(path: str, obj: Any) -> None:
-    from components.membership_inference.beam_pipeline import _write_text
+    from privacy_audit.components.membership_inference.beam_pipeline import _write_text
 
     _write_text(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
 
@@ -230,7 +230,7 @@ def models_to_evaluate(model_uri: str, variant: str, model_info: Mapping[str, An
                        ) -> List[Tuple[Any, Dict[str, Any]]]:
     """``[(ModelToEvaluate, metadata)]``: every checkpoint of ``checkpoints/index.json``, then the final
     model (``keras/model.keras``); ε per epoch from the ledger when given, else from the index."""
-    from components.membership_inference.beam_pipeline import ModelToEvaluate
+    from privacy_audit.components.membership_inference.beam_pipeline import ModelToEvaluate
 
     final_path = os.path.join(model_uri, "keras", "model.keras")
     import tensorflow as tf
@@ -316,10 +316,10 @@ def reference_attack_results(final: Dict[str, Any], *, model_path: str, members_
     """
     import numpy as np
 
-    from components.common import examples as examples_lib
-    from components.membership_inference import api, beam_pipeline, results as results_lib
-    from components.membership_inference.data import AttackInputs
-    from components.membership_inference.reference_models import load_reference_file, sha1_to_id
+    from privacy_audit.components.common import examples as examples_lib
+    from privacy_audit.components.membership_inference import api, beam_pipeline, results as results_lib
+    from privacy_audit.components.membership_inference.data import AttackInputs
+    from privacy_audit.components.membership_inference.reference_models import load_reference_file, sha1_to_id
 
     members = examples_lib.load_examples(members_pattern, label_key, input_features)
     nonmembers = examples_lib.load_examples(nonmembers_pattern, label_key, input_features)
@@ -381,7 +381,7 @@ def reference_attack_results(final: Dict[str, Any], *, model_path: str, members_
 
 
 def _reference_scores(inputs, refs, attacks, reference_options) -> Dict[str, Any]:
-    from components.membership_inference import attacks as attacks_mod
+    from privacy_audit.components.membership_inference import attacks as attacks_mod
 
     prepared = attacks_mod.PreparedInputs(inputs, references=refs, reference_options=dict(reference_options))
     return {name: prepared.reference_scores(name)[0] for name in attacks}
@@ -415,8 +415,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
 
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
-        from components.common import examples as examples_lib
-        from components.membership_inference import beam_pipeline
+        from privacy_audit.components.common import examples as examples_lib
+        from privacy_audit.components.membership_inference import beam_pipeline
 
         self._log_startup(input_dict, output_dict, exec_properties)
         examples = artifact_utils.get_single_instance(input_dict["examples"])
@@ -491,7 +491,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         final_key = evaluated[-1][0].key
         final = all_results[final_key]
         if reference_attacks:
-            from components.membership_inference.reference_models import SIGNALS_FILE
+            from privacy_audit.components.membership_inference.reference_models import SIGNALS_FILE
 
             final = reference_attack_results(
                 final, model_path=evaluated[-1][0].path, members_pattern=members_pattern,
@@ -501,7 +501,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 per_example_path=(os.path.join(results_art.uri, PER_EXAMPLE_REFERENCE_DIR, f"{final_key}.parquet")
                                   if per_example else None))
             final["metadata"]["reference_models"]["artifact"] = references.uri
-            from components.membership_inference import results as results_lib
+            from privacy_audit.components.membership_inference import results as results_lib
 
             beam_pipeline._write_text(targets[final_key].results_path, results_lib.dumps_results(final) + "\n")
         audit = (_read_json(os.path.join(model_run.uri, ONE_RUN_AUDIT_FILE)) if model_run is not None else None)

@@ -19,7 +19,7 @@ recipe, seed, K and model architecture) instead of training again: scheduled re-
 retrained on the same data pay for the references once.
 
 Training back ends: plain Keras ``fit`` (``fit_with="keras"``) or the project's DP-SGD loop
-:func:`components.dp_trainer.training.fit` (``fit_with="dp_trainer"``, required when ``private``).
+:func:`privacy_audit.components.dp_trainer.training.fit` (``fit_with="dp_trainer"``, required when ``private``).
 ``"auto"`` uses the DP loop for private recipes and Keras otherwise; pass ``"dp_trainer"`` for a
 non-private target trained by the DPTrainer component (Poisson batches), to match its recipe exactly.
 
@@ -66,7 +66,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from components.membership_inference.strong_attacks import ATTACKS, score_with_references
+from privacy_audit.components.membership_inference.strong_attacks import ATTACKS, score_with_references
 
 __all__ = ["inclusion_matrix", "TrainingRecipe", "train_reference_models", "train_reference_model",
            "train_for_trainer_recipe", "ModelBuilder", "save_reference_signals", "load_reference_signals",
@@ -182,7 +182,7 @@ def train_one(build_model_fn: Callable[[], Any], x_train: np.ndarray, y_train: n
         model.fit(x_train, y_train, epochs=int(recipe.epochs), batch_size=int(min(recipe.batch_size, len(y_train))),
                   shuffle=True, verbose=0)
     else:
-        from components.dp_trainer import training
+        from privacy_audit.components.dp_trainer import training
 
         training.fit(model, x_train, y_train, epochs=int(recipe.epochs),
                      expected_batch_size=int(min(recipe.batch_size, len(y_train))),
@@ -280,7 +280,7 @@ def train_reference_models(build_model_fn: Callable[[], Any], x_population, y_po
       k: number of reference models.
       epochs, batch_size, learning_rate, optimizer ("adam" | "sgd"): the target's recipe.
       private, l2_norm_clip, noise_multiplier, sampling: DP-SGD settings of the recipe (private
-        references are trained with :func:`components.dp_trainer.training.fit`).
+        references are trained with :func:`privacy_audit.components.dp_trainer.training.fit`).
       fit_with: "auto" | "keras" | "dp_trainer" (see module doc).
       seed: seeds the inclusion design and every model (initialisation, batches, noise).
       fraction: share of the population each example-model pair includes (default one half).
@@ -397,7 +397,7 @@ class ModelBuilder:
         self.init = init
 
     def __call__(self):
-        from components.dp_trainer.models import build_model
+        from privacy_audit.components.dp_trainer.models import build_model
 
         hparams = dict(self.hparams)
         if self.init == "independent":
@@ -408,7 +408,7 @@ class ModelBuilder:
 def sha1_to_id(sha1_hex: Sequence[str]) -> np.ndarray:
     """uint64 example ids from hex sha1 digests: the first 64 bits (the ``id``/``example_id`` of the
     evaluator's per-example records; ``examples.ids_from_hashes``)."""
-    from components.common.examples import ids_from_hashes
+    from privacy_audit.components.common.examples import ids_from_hashes
 
     return ids_from_hashes(sha1_hex)
 
@@ -424,12 +424,12 @@ def train_for_trainer_recipe(output_path: str, config: Any, *, x_members: np.nda
     logits [K, M, C], in_mask [K, M], per-example ``sha1``, ``id``, ``label``, ``split``, and the record).
 
     Args:
-      config: the target's :class:`components.dp_trainer.trainer.DPTrainingConfig`. The recipe is resolved
+      config: the target's :class:`privacy_audit.components.dp_trainer.trainer.DPTrainingConfig`. The recipe is resolved
         as the DPTrainer resolves it for the target: the same model and hparams (input size, classes from
         the members' labels, seed), optimizer, learning rate, epochs, expected batch size, sampling, clip
         norm and, for a private recipe, the noise multiplier (calibrated from ``target_epsilon`` for the
         members' count and the planned steps, as the target's was). Each reference trains with the
-        project's DP-SGD loop (:func:`components.dp_trainer.training.fit`), like the target.
+        project's DP-SGD loop (:func:`privacy_audit.components.dp_trainer.training.fit`), like the target.
       x_members, y_members, x_nonmembers, y_nonmembers: the population's inputs [N, D] and labels [N].
       sha1_members, sha1_nonmembers: hex sha1 of each serialized example (``examples.load_examples``).
       input_features: the ordered names of the model's input features.
@@ -443,7 +443,7 @@ def train_for_trainer_recipe(output_path: str, config: Any, *, x_members: np.nda
       n_jobs: worker processes (1: in this process); 0: :func:`auto_n_jobs`. Workers are spawned: the
         ``__main__`` module must be import-safe (an ``if __name__ == "__main__":`` guard).
     """
-    from components.dp_trainer import sampling, trainer
+    from privacy_audit.components.dp_trainer import sampling, trainer
 
     if k < 1:
         raise ValueError(f"k (the number of reference models) must be >= 1, got {k}")
@@ -735,7 +735,7 @@ def reference_attack_results(target_logits, labels, is_member, ref_logits, in_ma
     Returns: a list of ``{"slice": ..., "attack": name, **attack_metrics(...)}``; the attack name gets
     the suffix "_offline" for an offline variant.
     """
-    from components.membership_inference.metrics import attack_metrics
+    from privacy_audit.components.membership_inference.metrics import attack_metrics
 
     is_member = np.asarray(is_member).astype(bool)
     labels = np.asarray(labels)

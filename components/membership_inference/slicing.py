@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from components.membership_inference.data import AttackInputs
+from privacy_audit.components.membership_inference.data import AttackInputs
 
 DEFAULT_MIN_SLICE_SIZE = 20
 #: Slicing by a feature with more distinct values than this is refused (reported as skipped).

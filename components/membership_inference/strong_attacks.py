@@ -4,7 +4,7 @@ Both attacks compare the target model's output on an example with the outputs of
 trained with the target's recipe on random halves of a population that contains the audited examples
 (members and non-members of the target). ``ref_in_mask[k, i]`` says whether example ``i`` was in the
 training set of reference model ``k`` (an "IN" reference for ``i``) or not ("OUT").
-:mod:`components.membership_inference.reference_models` trains such references and stores the matrix.
+:mod:`privacy_audit.components.membership_inference.reference_models` trains such references and stores the matrix.
 
 LiRA, the likelihood-ratio attack (Carlini, Chien, Nasr, Song, Terzis, Tramer, "Membership Inference
 Attacks From First Principles", IEEE S&P 2022):
@@ -33,7 +33,7 @@ Inference Attacks", ICML 2024):
   Not reproduced: the softmax temperature and the trimmed means over references of the authors' code.
 
 Every score here is "higher = more likely a member"; measure them with
-:func:`components.membership_inference.metrics.attack_metrics`.
+:func:`privacy_audit.components.membership_inference.metrics.attack_metrics`.
 
 Pure numpy/scipy; imports no TensorFlow.
 """
@@ -46,7 +46,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 from scipy import special
 
-from components.membership_inference.data import MIN_PROB, cross_entropy_from_logits
+from privacy_audit.components.membership_inference.data import MIN_PROB, cross_entropy_from_logits
 
 #: Default floor on a fitted standard deviation (in logit-scaled-confidence units): a reference set whose
 #: signals all agree (e.g. saturated float32 outputs) would otherwise give a zero variance and an

@@ -11,8 +11,8 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from tfx.types import standard_artifacts
 
-from components.membership_inference.component import MembershipInferenceResults, PrivacyBlessing
-from components.privacy_report import executor
+from privacy_audit.components.membership_inference.component import MembershipInferenceResults, PrivacyBlessing
+from privacy_audit.components.privacy_report import executor
 
 __all__ = ["MembershipInferenceResults", "PrivacyBlessing", "PrivacyReport", "PrivacyReportGenerator",
            "PrivacyReportGeneratorSpec", "input_keys"]

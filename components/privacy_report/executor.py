@@ -19,15 +19,15 @@ from tfx.dsl.components.base import base_executor
 from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
 
-from components.privacy_report import load
-from components.privacy_report.html_report import write_report
-from components.privacy_report.load import ReportInputError
-from components.privacy_report.summary import text_summary
+from privacy_audit.components.privacy_report import load
+from privacy_audit.components.privacy_report.html_report import write_report
+from privacy_audit.components.privacy_report.load import ReportInputError
+from privacy_audit.components.privacy_report.summary import text_summary
 
 INDEX_FILE = "index.json"
 RESULTS_DIR = "results"
 LEDGER_FILE = "ledger.json"
-ONE_RUN_AUDIT_FILE = "one_run_audit.json"  # components.dp_trainer.trainer.ONE_RUN_AUDIT_FILE
+ONE_RUN_AUDIT_FILE = "one_run_audit.json"  # privacy_audit.components.dp_trainer.trainer.ONE_RUN_AUDIT_FILE
 BLESSING_FILE = "blessing.json"
 
 
@@ -125,7 +125,7 @@ class Executor(base_executor.BaseExecutor):
         if not sqlite_path or not pipeline_name:
             logging.info("PrivacyReportGenerator: no ML Metadata SQLite path given, no trend")
             return None
-        from components.privacy_report.trend import history_from_mlmd
+        from privacy_audit.components.privacy_report.trend import history_from_mlmd
 
         try:
             return history_from_mlmd(sqlite_path, pipeline_name, exclude_uris=[report_uri])

@@ -22,9 +22,9 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from components.membership_inference.results import to_jsonable
-from components.privacy_report import plots as plots_lib
-from components.privacy_report.load import (
+from privacy_audit.components.membership_inference.results import to_jsonable
+from privacy_audit.components.privacy_report import plots as plots_lib
+from privacy_audit.components.privacy_report.load import (
     HEADLINE_FPR,
     Blessing,
     Ledger,
@@ -37,7 +37,7 @@ from components.privacy_report.load import (
     read_blessing,
     slice_label,
 )
-from components.privacy_report.summary import (
+from privacy_audit.components.privacy_report.summary import (
     AUDIT_KEY,
     TPR_KEY,
     build_summary,

@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Union
 
-from components.membership_inference import results as results_schema
+from privacy_audit.components.membership_inference import results as results_schema
 
 LEDGER_SCHEMA_VERSION = 1
 # The false-positive rate of the headline "TPR at low FPR" metric (0.1 %).

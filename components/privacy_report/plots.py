@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from components.privacy_report.load import (
+from privacy_audit.components.privacy_report.load import (
     HEADLINE_FPR,
     AttackResult,
     ResultsFile,

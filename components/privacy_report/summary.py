@@ -20,8 +20,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from components.privacy_report.load import HEADLINE_FPR, Blessing, Ledger, VariantResults
-from components.privacy_report.plots import most_vulnerable
+from privacy_audit.components.privacy_report.load import HEADLINE_FPR, Blessing, Ledger, VariantResults
+from privacy_audit.components.privacy_report.plots import most_vulnerable
 
 SUMMARY_SCHEMA_VERSION = 1
 TPR_KEY = "max_tpr_at_fpr_0.001"

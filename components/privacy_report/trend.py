@@ -17,11 +17,11 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from components.privacy_report.summary import trend_entries
+from privacy_audit.components.privacy_report.summary import trend_entries
 
 logger = logging.getLogger(__name__)
 
-# components.privacy_report.component.PrivacyReport.TYPE_NAME (not imported: this module stays free of tfx).
+# privacy_audit.components.privacy_report.component.PrivacyReport.TYPE_NAME (not imported: this module stays free of tfx).
 REPORT_TYPE_NAME = "privacy_audit.PrivacyReport"
 PIPELINE_CONTEXT_TYPE = "pipeline"
 PIPELINE_RUN_CONTEXT_TYPE = "pipeline_run"

@@ -11,8 +11,8 @@ from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from components.dp_trainer.component import DPTrainerSpec
-from components.reference_models import executor
+from privacy_audit.components.dp_trainer.component import DPTrainerSpec
+from privacy_audit.components.reference_models import executor
 
 
 class ReferenceModels(types.Artifact):
@@ -113,8 +113,8 @@ class ReferenceModelTrainer(base_component.BaseComponent):
           target_seed ... hparams: the target's recipe, the DPTrainer's parameters (``target_seed`` is its
             ``seed``); use :meth:`for_trainer` to copy them.
         """
-        from components.dp_trainer.trainer import DPTrainingConfig
-        from components.membership_inference.reference_models import INIT_MODES
+        from privacy_audit.components.dp_trainer.trainer import DPTrainingConfig
+        from privacy_audit.components.membership_inference.reference_models import INIT_MODES
 
         if isinstance(k, bool) or not isinstance(k, int) or k < 2:
             raise ValueError(f"k (the number of reference models) must be an integer >= 2, got {k!r}")

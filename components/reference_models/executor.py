@@ -18,10 +18,10 @@ class Executor(base_executor.BaseExecutor):
 
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
-        from components.common.examples import load_examples, split_file_pattern
-        from components.dp_trainer import accounting
-        from components.dp_trainer.executor import training_config
-        from components.membership_inference import reference_models
+        from privacy_audit.components.common.examples import load_examples, split_file_pattern
+        from privacy_audit.components.dp_trainer import accounting
+        from privacy_audit.components.dp_trainer.executor import training_config
+        from privacy_audit.components.membership_inference import reference_models
 
         examples = artifact_utils.get_single_instance(input_dict["examples"])
         out = artifact_utils.get_single_instance(output_dict["reference_models"])

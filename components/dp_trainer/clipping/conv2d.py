@@ -24,7 +24,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from components.dp_trainer.clipping import registry
+from privacy_audit.components.dp_trainer.clipping import registry
 
 
 def _out_and_pads(size: int, k: int, stride: int, dilation: int, padding: str):

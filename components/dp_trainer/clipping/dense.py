@@ -17,7 +17,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from components.dp_trainer.clipping import registry
+from privacy_audit.components.dp_trainer.clipping import registry
 
 
 def _dense_matmul(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from components.dp_trainer.clipping import registry
+from privacy_audit.components.dp_trainer.clipping import registry
 
 
 @registry.register(keras.layers.Embedding)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from components.dp_trainer.clipping import registry
+from privacy_audit.components.dp_trainer.clipping import registry
 
 
 def _axes(layer, ndim: int) -> list:

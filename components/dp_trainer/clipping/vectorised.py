@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import tensorflow as tf
 
-from components.dp_trainer.clipping import registry
+from privacy_audit.components.dp_trainer.clipping import registry
 
 _ZERO = tf.UnconnectedGradients.ZERO
 
