@@ -77,6 +77,11 @@ def tfp_style_lr_auc(inputs: AttackInputs, member_idx=None, nonmember_idx=None, 
     return roc_auc(scores, y == 1)
 
 
+def _fmt(value) -> str:
+    """A metric the slice cannot resolve is null in the results: printed as such, never as a number."""
+    return "unresolved" if value is None else f"{value:.4f}"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=100000, help="members (and as many non-members)")
@@ -103,7 +108,7 @@ def main(argv=None) -> int:
         s = r["slice"]
         name = "entire_dataset" if s["feature"] == "entire_dataset" else f"{s['feature']}={s['value']}"
         print(f"{name:16s} {r['attack']:20s} auc={r['auc']:.4f} advantage={r['attacker_advantage']:.4f} "
-              f"tpr@0.001={r['tpr_at_fpr']['0.001']:.4f} eps_lb={r['epsilon_lower_bound']:.3f}")
+              f"tpr@0.001={_fmt(r['tpr_at_fpr'].get('0.001'))} eps_lb={r['epsilon_lower_bound']:.3f}")
     lr = [r for r in obj["results"] if r["attack"] == "logistic_regression"]
     print("logistic_regression auc: " + " ".join(
         f"{'all' if r['slice']['feature'] == 'entire_dataset' else r['slice']['value']}={r['auc']:.4f}"

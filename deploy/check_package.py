@@ -9,7 +9,10 @@ strictly into the SDK's PipelineSpec proto (an unknown field is an error), recom
 pipeline with `kfp.compiler.Compiler` and compares, and checks what the KFP 2.x backend needs:
 task names Argo accepts (letters, digits, '-'), every task has a component and a container
 executor, every parameter is a `runtimeValue.constant` (the backend rejects the 2.0 schema's
-`constantValue`), every input artifact comes from a task the task depends on. Prints a JSON summary of the tasks on stdout; exits 1 listing the problems.
+`constantValue`), every input artifact comes from a task the task depends on, every pipeline parameter a
+task reads is declared with a default. Prints a JSON summary on stdout (the pipeline parameters with their
+types and defaults, and per task its image, command, executor, inputs, resources and caching, all read
+through the SDK's protos); exits 1 listing the problems.
 """
 
 from __future__ import annotations
@@ -59,9 +62,14 @@ def _problems(spec: Dict[str, Any], image: str | None) -> List[str]:
             out.append(f"task {name}: image {container.get('image')!r}, expected {image!r}")
         inputs = task.get("inputs", {})
         declared = comp.get("inputDefinitions", {})
+        root_params = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
         for key, param in inputs.get("parameters", {}).items():
             if key not in declared.get("parameters", {}):
                 out.append(f"task {name}: parameter {key!r} is not declared by its component")
+            source = param.get("componentInputParameter")
+            if source is not None and "defaultValue" not in root_params.get(source, {}):
+                out.append(f"task {name}: parameter {key!r} reads pipeline parameter {source!r}, which has no "
+                           "default (every run would have to give it)")
             runtime = param.get("runtimeValue")
             if runtime is not None and "constant" not in runtime:
                 legacy.append(f"{name}.{key}")
@@ -87,6 +95,28 @@ def _problems(spec: Dict[str, Any], image: str | None) -> List[str]:
     return out
 
 
+def _parameters(component) -> Dict[str, Any]:
+    """The pipeline parameters as the SDK's PipelineSpec proto reads them: {name: {type, default}}."""
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    out = {}
+    for name, p in component.pipeline_spec.root.input_definitions.parameters.items():
+        out[name] = {"type": pipeline_spec_pb2.ParameterType.ParameterTypeEnum.Name(p.parameter_type),
+                     "default": json_format.MessageToDict(p.default_value) if p.HasField("default_value") else None}
+    return out
+
+
+def _resources(container: Dict[str, Any]) -> Dict[str, Any]:
+    """A container's resources, parsed strictly with the SDK's ResourceSpec proto."""
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    res = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec()
+    json_format.ParseDict(container.get("resources", {}), res)
+    return json_format.MessageToDict(res, preserving_proto_field_name=True)
+
+
 def _summary(spec: Dict[str, Any]) -> Dict[str, Any]:
     tasks = {}
     executors = spec["deploymentSpec"]["executors"]
@@ -103,6 +133,11 @@ def _summary(spec: Dict[str, Any]) -> Dict[str, Any]:
             "input_artifacts": {k: {"producer": v.get("taskOutputArtifact", {}).get("producerTask"),
                                     "output": v.get("taskOutputArtifact", {}).get("outputArtifactKey")}
                                 for k, v in sorted(task.get("inputs", {}).get("artifacts", {}).items())},
+            "pipeline_parameters": {k: v["componentInputParameter"]
+                                    for k, v in sorted(task.get("inputs", {}).get("parameters", {}).items())
+                                    if "componentInputParameter" in v},
+            "resources": _resources(container),
+            "cache": bool(task.get("cachingOptions", {}).get("enableCache", False)),
         }
     return {"pipeline_name": spec["pipelineInfo"]["name"], "schema_version": spec.get("schemaVersion"),
             "default_pipeline_root": spec.get("defaultPipelineRoot"), "tasks": tasks}
@@ -136,6 +171,7 @@ def main(argv=None) -> int:
             problems.append(f"recompiling with kfp.compiler changes {key!r}")
     summary = _summary(spec)
     summary["kfp_component_name"] = component.name
+    summary["parameters"] = _parameters(component)
     summary["problems"] = problems
     print(json.dumps(summary, indent=2, sort_keys=True))
     if problems:

@@ -31,38 +31,72 @@ def _add_epsilon(sub) -> None:
     g2 = p.add_mutually_exclusive_group(required=True)
     g2.add_argument("--noise-multiplier", type=float, help="σ: noise std / clip norm")
     g2.add_argument("--target-epsilon", type=float, help="find the smallest σ reaching this ε")
-    p.add_argument("--delta", type=float, default=None, help="δ (default: 1/n rounded down to a power of ten)")
-    p.add_argument("--accountant", choices=["rdp", "pld"], default="rdp")
+    p.add_argument("--delta", type=float, default=None,
+                   help="δ, below 1/n (default: the largest power of ten not above 1/n^1.1)")
+    p.add_argument("--accountant", choices=["rdp", "pld"], default="rdp",
+                   help="rdp (default) or pld (tighter; past its work bound ε comes from rdp, with a note)")
     p.set_defaults(func=_cmd_epsilon)
 
 
+def _check_epsilon_args(args) -> None:
+    """Names the first invalid option (NaN, ±inf, 0 and negatives included), as the library names it."""
+    if args.n <= 0:
+        raise UserError(f"n must be a positive number of training examples, got {args.n}")
+    if not 0 < args.batch_size <= args.n:
+        raise UserError(f"batch_size must be in 1..n ({args.n}), got {args.batch_size}")
+    if args.epochs is not None and not (math.isfinite(args.epochs) and args.epochs > 0):
+        raise UserError(f"epochs must be a finite number > 0, got {args.epochs}")
+    if args.steps is not None and args.steps < 0:
+        raise UserError(f"steps must be >= 0, got {args.steps}")
+    if args.noise_multiplier is not None:
+        if not (math.isfinite(args.noise_multiplier) and args.noise_multiplier >= 0):
+            raise UserError(f"noise_multiplier must be a finite number >= 0, got {args.noise_multiplier}")
+        if args.noise_multiplier == 0:
+            raise UserError("noise_multiplier 0 adds no noise: ε is infinite (no privacy guarantee); give σ > 0")
+    if args.target_epsilon is not None and not (math.isfinite(args.target_epsilon) and args.target_epsilon > 0):
+        raise UserError(f"target_epsilon must be a finite number > 0, got {args.target_epsilon}")
+
+
 def _cmd_epsilon(args) -> int:
+    import logging
+
     from privacy_audit.components.dp_trainer import accounting
 
+    # dp-accounting logs every RDP order it drops (a series that does not converge) as a warning: the
+    # order is excluded and ε stays a valid bound, so this is not the user's concern.
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    _check_epsilon_args(args)
     delta = args.delta if args.delta is not None else accounting.default_delta(args.n)
     try:
-        accounting.validate_dp_params(n_examples=args.n, batch_size=args.batch_size,
-                                      noise_multiplier=args.noise_multiplier, delta=delta,
-                                      epochs=args.epochs, target_epsilon=args.target_epsilon)
-        if args.steps is not None and args.steps < 0:
-            raise ValueError(f"steps must be >= 0, got {args.steps}")
+        accounting.validate_dp_params(n_examples=args.n, batch_size=args.batch_size, delta=delta,
+                                      epochs=args.epochs, steps=args.steps)
+        steps = args.steps if args.steps is not None else accounting.steps_for_epochs(args.n, args.batch_size,
+                                                                                      args.epochs)
     except ValueError as e:
         raise UserError(str(e)) from None
-    steps = args.steps if args.steps is not None else accounting.steps_for_epochs(args.n, args.batch_size,
-                                                                                  args.epochs)
+    q = args.batch_size / args.n
+    notes = []
+    sigma, used = args.noise_multiplier, args.accountant
     if args.target_epsilon is not None:
-        sigma = accounting.noise_multiplier_for_epsilon(target_epsilon=args.target_epsilon, n_examples=args.n,
-                                                        batch_size=args.batch_size, delta=delta, steps=steps,
-                                                        accountant=args.accountant)
-    else:
-        sigma = args.noise_multiplier
-    eps = accounting.compute_epsilon(n_examples=args.n, batch_size=args.batch_size, noise_multiplier=sigma,
-                                     delta=delta, steps=steps, accountant=args.accountant)
-    out = {"epsilon": eps if math.isfinite(eps) else None, "noise_multiplier": sigma, "steps": steps,
-           "accountant": args.accountant, "delta": delta, "sampling_probability": args.batch_size / args.n,
-           "sampling": "poisson"}
+        sigma, used, note = accounting.calibrate_noise(target_epsilon=args.target_epsilon, n_examples=args.n,
+                                                       batch_size=args.batch_size, delta=delta, steps=steps,
+                                                       accountant=args.accountant)
+        notes.append(note)
+    eps, used_eps, note = accounting.epsilon_and_accountant([accounting.dp_sgd_event(q, sigma, steps)], delta,
+                                                            used) if steps else (0.0, used, None)
+    notes.append(note)
+    if not math.isfinite(eps):
+        raise UserError(f"ε is unbounded for noise_multiplier={sigma:g}, q={q:.4g}, steps={steps}: the noise is "
+                        "far too small for any guarantee")
+    out = {"epsilon": eps, "noise_multiplier": sigma, "steps": steps, "accountant": used_eps,
+           "delta": delta, "sampling_probability": q, "sampling": "poisson"}
+    notes = [n for n in notes if n]
+    if used_eps != args.accountant:
+        out.update(accountant_requested=args.accountant, accountant_note=notes[0] if notes else None)
     if args.target_epsilon is not None:
         out["target_epsilon"] = args.target_epsilon
+    for n in notes[:1]:
+        print(f"privacy-audit epsilon: note: {n}", file=sys.stderr)
     print(json.dumps(out))
     return 0
 
@@ -129,6 +163,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"privacy-audit {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except (PermissionError, FileExistsError, OSError) as e:
+        # A path the system refuses (no permission, name too long, read-only): name it, on one line.
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"privacy-audit {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"privacy-audit {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

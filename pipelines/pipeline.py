@@ -33,6 +33,13 @@ class VariantSpec:
     builtin_model: str = "auto"
     hparams: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self):
+        # The name becomes component ids and folders under the pipeline root: refused here, where every entry
+        # (config file, command line, Python) passes, when it could leave them (issue 15).
+        from privacy_audit.pipelines.validation import check_path_name
+
+        check_path_name("variant name", self.name)
+
 
 def default_variants(epochs: int = 40) -> List[VariantSpec]:
     """The demo: a model trained without privacy, and one trained with DP-Adam at ε = 1.
@@ -78,6 +85,8 @@ class AuditSpec:
     max_auc: Optional[float] = None
     max_attacker_advantage: Optional[float] = None
     max_epsilon_lower_bound: Optional[float] = None
+    # Drift gate of the report: refuse the blessing when the max AUC rose by more than this since the last run.
+    max_auc_increase: Optional[float] = None
     reference_models: int = 0
     reference_attacks: Sequence[str] = DEFAULT_REFERENCE_ATTACKS
     reference_init: str = "target"
@@ -119,10 +128,21 @@ def _example_gen(data_root: Optional[str], examples_dir: Optional[str], members_
         example_gen_pb2.SplitConfig.Split(name=members_split, hash_buckets=members_fraction_buckets[0]),
         example_gen_pb2.SplitConfig.Split(name=nonmembers_split, hash_buckets=members_fraction_buckets[1]),
     ]))
-    tfrecords = [f for f in os.listdir(data_root) if ".tfrecord" in f] if os.path.isdir(data_root) else []
+    # A Kubeflow run-time data root (RuntimeParameter) picks the ExampleGen by its default: runs given another
+    # data root must hold the same format (CSV, or GZIP TFRecords).
+    from privacy_audit.components.common.runtime_values import compile_time_value
+
+    local_root = compile_time_value(data_root)
+    tfrecords = [f for f in os.listdir(local_root) if ".tfrecord" in f] if os.path.isdir(local_root) else []
     if tfrecords:
         return ImportExampleGen(input_base=data_root, output_config=output_config)
     return CsvExampleGen(input_base=data_root, output_config=output_config)
+
+
+def _default_history_uri(pipeline_root: str) -> str:
+    from privacy_audit.components.privacy_report.history import default_history_uri
+
+    return default_history_uri(pipeline_root)
 
 
 def create_pipeline(*, pipeline_root: str, label_key: str, data_root: Optional[str] = None,
@@ -130,7 +150,8 @@ def create_pipeline(*, pipeline_root: str, label_key: str, data_root: Optional[s
                     audit: Optional[AuditSpec] = None, pipeline_name: str = DEFAULT_PIPELINE_NAME,
                     metadata_path: Optional[str] = None, feature_keys: Optional[List[str]] = None,
                     seed: int = 0, beam_pipeline_args: Optional[List[str]] = None, enable_cache: bool = True,
-                    report_title: str = "Privacy audit", for_kubeflow: bool = False):
+                    report_title: str = "Privacy audit", for_kubeflow: bool = False,
+                    history_uri: Optional[str] = None):
     """Builds the TFX pipeline.
 
     Args:
@@ -141,9 +162,15 @@ def create_pipeline(*, pipeline_root: str, label_key: str, data_root: Optional[s
       examples_dir: instead of data_root, an existing TFX Examples artifact directory (Split-<name>/).
       variants: the model variants (default: non-private and DP at ε ≈ 3).
       audit: evaluator settings (attacks, slicing, privacy gate, reference models, one-run audit).
-      metadata_path: SQLite file for ML Metadata (local runs); None on Kubeflow.
+      metadata_path: SQLite file for ML Metadata (local runs); None on Kubeflow. Always a local file, also
+        when pipeline_root is a bucket.
+      history_uri: the audit history the report reads its trend from and adds each run to (default:
+        ``<pipeline_root>/audit_history``, shared by every run of the pipeline, also scheduled ones).
       beam_pipeline_args: e.g. ["--direct_running_mode=multi_processing", "--direct_num_workers=2"] locally,
         or a Dataflow/Flink/Spark runner's arguments.
+
+    On Kubeflow, data_root, the variants' ``epochs`` and ``target_epsilon`` and the audit's gate thresholds may be
+    TFX RuntimeParameters (run-time pipeline parameters; see kubeflow.with_runtime_parameters).
     """
     from tfx.v1 import dsl
     from tfx.orchestration import metadata
@@ -153,6 +180,9 @@ def create_pipeline(*, pipeline_root: str, label_key: str, data_root: Optional[s
     from privacy_audit.components.privacy_report.component import PrivacyReportGenerator
     from privacy_audit.components.reference_models.component import ReferenceModelTrainer
 
+    from privacy_audit.pipelines.validation import check_path_name
+
+    check_path_name("pipeline_name", pipeline_name)
     if bool(data_root) == bool(examples_dir):
         raise ValueError("give exactly one of data_root (CSV/TFRecord files) or examples_dir (TFX Examples)")
     variants = list(variants or default_variants())
@@ -208,7 +238,9 @@ def create_pipeline(*, pipeline_root: str, label_key: str, data_root: Optional[s
     report = PrivacyReportGenerator(
         attack_results=results, ledgers=ledgers, blessings=blessings, title=report_title,
         pipeline_name_for_trend=pipeline_name,
-        metadata_sqlite_path=None if for_kubeflow else metadata_path)
+        metadata_sqlite_path=None if for_kubeflow else metadata_path,
+        history_uri=history_uri or (_default_history_uri(pipeline_root) if isinstance(pipeline_root, str) else None),
+        max_auc_increase=audit.max_auc_increase)
     components.append(report)
 
     return dsl.Pipeline(

@@ -16,13 +16,16 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 from typing import Any, Dict, List, Optional
 
+from privacy_audit.pipelines import validation
 from privacy_audit.pipelines.pipeline import DEFAULT_PIPELINE_NAME, AuditSpec, VariantSpec, default_variants
 
 # Every key a config file may hold, with its default. Variant-level keys apply to every variant unless
@@ -73,6 +76,12 @@ DEFAULTS: Dict[str, Any] = {
     "beam_pipeline_args": None,
     "direct_num_workers": 2,
     "cache": True,
+    # Object-store runs (issue 10): artifacts may go to a bucket; ML Metadata (SQLite) always stays local.
+    "pipeline_root": None,      # default: <output-dir>/pipeline_root
+    "metadata_path": None,      # default: <output-dir>/metadata.sqlite, or ./privacy_audit_local/ for a bucket
+    "history_uri": None,        # audit history (trend source); default: <pipeline_root>/audit_history
+    "max_auc_increase": None,   # drift gate: refuse the blessing when the max AUC rose more than this
+    "resources": None,           # compile-kfp only: {component kind: {cpu_request, memory_limit, gpu_count, ...}}
 }
 # DP settings of the variants a config file defines without them.
 DEFAULT_L2_NORM_CLIP = 1.0
@@ -85,7 +94,14 @@ SLICINGS = ("entire_dataset", "by_class", "by_percentiles", "by_classification_c
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output-dir", default="privacy_audit_output", help="where everything goes (default: %(default)s)")
+    p.add_argument("--output-dir", default="privacy_audit_output", help="where everything goes (default: %(default)s); "
+                   "a bucket URI (gs://B/dir) works too")
+    p.add_argument("--pipeline-root", help="where the artifacts go (default: OUTPUT_DIR/pipeline_root); gs://... works")
+    p.add_argument("--metadata-path", help="local SQLite file of ML Metadata (default: OUTPUT_DIR/metadata.sqlite, "
+                   "or privacy_audit_local/metadata.sqlite when OUTPUT_DIR is a bucket)")
+    p.add_argument("--history-uri", help="audit history folder (default: PIPELINE_ROOT/audit_history)")
+    p.add_argument("--max-auc-increase", type=float,
+                   help="drift gate: refuse the blessing when the max AUC rose more than this since the last run")
     p.add_argument("--config", help="YAML or JSON file with any of the settings below (command line wins)")
     p.add_argument("--data", help="directory of CSV files (or GZIP TFRecords of tf.Example); default: embedded digits")
     p.add_argument("--examples", help="an existing TFX Examples directory (Split-train/, Split-eval/)")
@@ -107,7 +123,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--noise-multiplier", type=float, help="σ of the DP variant")
     g.add_argument("--target-epsilon", type=float,
                    help="ε of the DP variant (default: the demo's, 1; 3 in variants you define); σ is calibrated")
-    p.add_argument("--delta", type=float, help="δ (default: 1/N rounded down to a power of ten)")
+    p.add_argument("--delta", type=float,
+                   help="δ, below 1/N (default: the largest power of ten not above 1/N^1.1; δ >= 1/N is refused)")
     p.add_argument("--sampling", choices=["poisson", "shuffle"])
     p.add_argument("--accountant", choices=["rdp", "pld"])
     p.add_argument("--checkpoint-every", type=int, help="save and attack a checkpoint every k epochs (default 2)")
@@ -144,29 +161,56 @@ def _split_list(v):
     return [s.strip() for s in str(v).split(",") if s.strip()]
 
 
+def _parse_config_text(path: str, text: str) -> Any:
+    """The config's value: JSON for ``.json``, else YAML with plain values only (no ``!!python/...`` tags)."""
+    if path.endswith(".json"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as e:
+        # safe_load refuses tags that would build Python objects; say so instead of a traceback.
+        line = f" at line {e.problem_mark.line + 1}" if e.problem_mark is not None else ""
+        raise ValueError(f"config file {path}{line}: {e.problem}; only plain YAML values are allowed, no tags "
+                         "such as !!python/object") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"config file {path} is not valid YAML{where}: "
+                         f"{getattr(e, 'problem', None) or e}") from None
+
+
 def load_config_file(path: str) -> Dict[str, Any]:
     """Reads a YAML or JSON config; unknown keys are an error that lists the valid ones."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file not found: {path}")
-    with open(path) as f:
-        text = f.read()
-    if path.endswith(".json"):
-        cfg = json.loads(text)
-    else:
-        import yaml
-
-        cfg = yaml.safe_load(text)
-    cfg = cfg or {}
+        raise FileNotFoundError(f"config file not found (or not a file): {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config file {path} is not UTF-8 text (byte offset {e.start})") from None
+    cfg = _parse_config_text(path, text)
+    cfg = {} if cfg is None else cfg
     if not isinstance(cfg, dict):
         raise ValueError(f"config file {path} must hold a mapping of settings, got {type(cfg).__name__}")
+    bad_keys = [k for k in cfg if not isinstance(k, str)]
+    if bad_keys:
+        raise ValueError(f"config file {path}: setting names must be strings, got {bad_keys[:3]}")
     cfg = {k.replace("-", "_"): v for k, v in cfg.items()}
     unknown = sorted(set(cfg) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"unknown config key(s) {unknown} in {path}; valid keys: {sorted(DEFAULTS)}")
-    for i, v in enumerate(cfg.get("variants") or []):
+    variants = cfg.get("variants")
+    if variants is not None and not isinstance(variants, list):
+        raise ValueError(f"variants in {path} must be a list of mappings, got {type(variants).__name__}")
+    for i, v in enumerate(variants or []):
         if not isinstance(v, dict) or "name" not in v:
             raise ValueError(f"variants[{i}] in {path} must be a mapping with a name")
-        bad = sorted(set(v) - VARIANT_KEYS)
+        bad = sorted(set(map(str, v)) - VARIANT_KEYS)
         if bad:
             raise ValueError(f"unknown key(s) {bad} in variants[{i}] of {path}; valid keys: {sorted(VARIANT_KEYS)}")
     return cfg
@@ -184,6 +228,9 @@ def resolve_settings(args: argparse.Namespace) -> Dict[str, Any]:
         settings["target_epsilon"] = None
     for k in ("feature_keys", "attacks", "slicing", "slice_feature_keys", "reference_attacks"):
         settings[k] = _split_list(settings[k])
+    # Names, numbers and choices are refused here, at the one root every entry (command line, config file,
+    # compile-kfp) goes through, before anything is imported from TensorFlow or written.
+    validation.check_run_settings(settings)
     bad = [s for s in settings["slicing"] or [] if s not in SLICINGS]
     if bad:
         raise ValueError(f"unknown slicing {bad}; choose from {list(SLICINGS)} (feature slices: --slice-feature-keys)")
@@ -209,7 +256,7 @@ def build_variants(s: Dict[str, Any]) -> List[VariantSpec]:
             spec = {**common, "l2_norm_clip": _or(s["l2_norm_clip"], DEFAULT_L2_NORM_CLIP), "delta": s["delta"], **v}
             if spec.get("private", True) and spec.get("noise_multiplier") is None and spec.get("target_epsilon") is None:
                 spec["target_epsilon"] = _or(s["target_epsilon"], DEFAULT_TARGET_EPSILON)
-            spec.setdefault("batch_size", s["batch_size"] or 64)
+            spec.setdefault("batch_size", _or(s["batch_size"], 64))
             out.append(VariantSpec(**spec))
         return out
     out = []
@@ -220,7 +267,7 @@ def build_variants(s: Dict[str, Any]) -> List[VariantSpec]:
             spec["hparams"] = s["hparams"]
         elif s["module_file"] or s["model"] is not None:
             spec["hparams"] = {}
-        if s["batch_size"]:
+        if s["batch_size"] is not None:
             spec["batch_size"] = s["batch_size"]
         if v.private:
             spec["delta"] = s["delta"]
@@ -267,17 +314,10 @@ def build_audit(s: Dict[str, Any], demo: bool = False) -> AuditSpec:
     return AuditSpec(attacks=attacks, slicing=slicing, min_slice_size=s["min_slice_size"],
                      max_auc=s["max_auc"], max_attacker_advantage=s["max_attacker_advantage"],
                      max_epsilon_lower_bound=s["max_epsilon_lower_bound"], reference_models=k,
+                     max_auc_increase=s["max_auc_increase"],
                      reference_init=s["reference_init"], reference_options=s["reference_options"],
                      # Worker processes when K >= 8 (measured 1.3x on 2 cores): the CLI's __main__ is guarded.
                      reference_n_jobs=0, audit_canaries=m, **extra)
-
-
-def _check_output_dir(path: str) -> str:
-    path = os.path.abspath(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise NotADirectoryError(f"output directory {path} exists and is a file")
-    os.makedirs(path, exist_ok=True)
-    return path
 
 
 class _Progress(logging.Handler):
@@ -332,24 +372,23 @@ def _install_progress() -> _Progress:
     return handler
 
 
+def _exists(uri: str) -> bool:
+    from privacy_audit.components.common import io
+
+    return io.exists(uri)
+
+
 def _copy_report(report_uri: str, output_dir: str) -> None:
-    """Copies report.html, summary.json and the plots from the artifact; each file replaced atomically."""
-    for name in ("report.html", "summary.json"):
-        src = os.path.join(report_uri, name)
-        if os.path.exists(src):
-            tmp = os.path.join(output_dir, f".{name}.tmp")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, os.path.join(output_dir, name))
-    plots = os.path.join(output_dir, "report")
-    tmpdir = plots + ".tmp"
-    shutil.rmtree(tmpdir, ignore_errors=True)
-    shutil.copytree(report_uri, tmpdir)
-    old = plots + ".old"
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.exists(plots):
-        os.replace(plots, old)
-    os.replace(tmpdir, plots)
-    shutil.rmtree(old, ignore_errors=True)
+    """Copies report.html, summary.json and the plots from the artifact (any scheme, common.io); each file
+    replaced atomically, the plots folder as a whole where the store allows it."""
+    from privacy_audit.components.common import io
+
+    for name in ("summary.json", "report.html"):
+        src = io.join(report_uri, name)
+        if io.exists(src):
+            io.write_bytes(io.join(output_dir, name), io.read_bytes(src))
+    with io.local_staging(io.join(output_dir, "report")) as staging:
+        io.copytree(report_uri, staging)
 
 
 REPORT_TYPE_NAME = "privacy_audit.PrivacyReport"  # privacy_audit.components.privacy_report.component.PrivacyReport
@@ -368,38 +407,179 @@ def latest_report_uri(metadata_path: str, pipeline_name: str) -> Optional[str]:
         arts = store.get_artifacts_by_type(REPORT_TYPE_NAME)
     except Exception:  # noqa: BLE001 - no such type yet
         return None
-    arts = [a for a in arts if a.state == metadata_store_pb2.Artifact.LIVE and os.path.exists(a.uri)]
+    arts = [a for a in arts if a.state == metadata_store_pb2.Artifact.LIVE and _exists(a.uri)]
     if not arts:
         return None
     return max(arts, key=lambda a: (a.create_time_since_epoch, a.id)).uri
 
 
-def main_run(args: argparse.Namespace) -> int:
+# Rows of the embedded demo data (scikit-learn's digits), known without reading it.
+DEMO_ROWS = 1797
+
+
+@dataclasses.dataclass
+class RunPlan:
+    """Everything `run` decided before writing anything or importing TensorFlow."""
+    settings: Dict[str, Any]
+    output_dir: str
+    data_root: Optional[str]
+    examples_dir: Optional[str]
+    label_key: str
+    demo: bool
+    variants: List[VariantSpec]
+    audit: AuditSpec
+
+
+def plan_run(args: argparse.Namespace) -> RunPlan:
+    """Checks every setting and the data (see :mod:`validation`); raises ValueError/FileNotFoundError naming
+    the problem. Writes nothing and imports no TensorFlow/TFX, so a bad argument fails in about a second."""
     s = resolve_settings(args)
-    output_dir = _check_output_dir(args.output_dir)
+    output_dir = validation.check_output_dir(args.output_dir)
     if s["data"] and s["examples"]:
         raise ValueError("give --data or --examples, not both")
-    label_key = s["label_key"]
     data_root, examples_dir = s["data"], s["examples"]
     demo = not data_root and not examples_dir
     for p in (data_root, examples_dir):
         if p and not os.path.isdir(p):
             raise FileNotFoundError(f"input directory not found: {p}")
-    if not data_root and not examples_dir:
-        from privacy_audit.components.common.examples import DIGITS_LABEL_KEY, write_digits_csv
-
-        data_root = os.path.join(output_dir, "data", "digits")
-        # Written once: rewriting would change the file's fingerprint and defeat TFX's cache.
-        if not os.path.exists(os.path.join(data_root, "digits.csv")):
-            write_digits_csv(data_root, seed=0)
-        label_key = label_key or DIGITS_LABEL_KEY
-        print(f"No data given: using the embedded digits data (scikit-learn, 1797 8x8 images) at {data_root}")
+    label_key = s["label_key"] or ("label" if demo else None)
     if not label_key:
         raise ValueError("--label-key is required with your own data")
-    if data_root:
-        _check_csv_label(data_root, label_key)
+    rows = DEMO_ROWS if demo else validation.check_csv_data(data_root, label_key)["rows"] if data_root else None
     variants = build_variants(s)
-    audit = build_audit(s, demo=demo)
+    if rows is not None:
+        _check_data_size(variants, rows, float(s["members_fraction"]), user_batch=s["batch_size"] is not None)
+    return RunPlan(s, output_dir, data_root, examples_dir, label_key, demo, variants, build_audit(s, demo=demo))
+
+
+def _check_data_size(variants: List[VariantSpec], rows: int, fraction: float, user_batch: bool) -> None:
+    """Refuses batch sizes and δ the members split cannot hold. The split is by hash, so its size N is only
+    known after ExampleGen: a setting is refused here when it fails even for N three standard deviations
+    above rows · members_fraction (the trainer checks the exact N again)."""
+    expected = rows * fraction
+    n_high = int(expected + 3 * math.sqrt(rows * fraction * (1 - fraction))) + 1
+    for v in sorted(variants, key=lambda v: -v.batch_size):  # the largest batch sets the minimum
+        if v.batch_size > n_high:
+            need = math.ceil(v.batch_size / fraction)
+            whose = "your batch size" if user_batch else f"variant {v.name!r}'s default batch size"
+            raise ValueError(f"the data set is too small: {rows} rows give about {expected:.0f} members "
+                             f"(members_fraction {fraction:g}), fewer than {whose} {v.batch_size}; give "
+                             f"--batch-size {max(1, int(expected))} or less, or at least {need} rows")
+        if v.private and v.delta is not None and v.delta >= 1.0 / n_high:
+            raise ValueError(f"delta={v.delta:g} of variant {v.name!r} is not below 1/N for the ~{expected:.0f} "
+                             f"members: (ε, δ)-DP with δ >= 1/N allows releasing about one training example "
+                             f"outright; leave delta unset (default: the largest power of ten not above "
+                             f"1/N^1.1) or give a smaller one")
+
+
+def _descendants() -> List[int]:
+    """Process ids of every process started below this one (Beam's SDK workers and their children)."""
+    try:
+        import psutil
+
+        return [p.pid for p in psutil.Process().children(recursive=True)]
+    except Exception:  # noqa: BLE001 - psutil missing or a process gone: fall back to /proc
+        parents: Dict[int, int] = {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        parents[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+        out, frontier = [], [os.getpid()]
+        while frontier:
+            kids = [pid for pid, ppid in parents.items() if ppid in frontier]
+            out += kids
+            frontier = kids
+        return out
+
+
+def _stop_descendants(grace: float = 5.0) -> int:
+    """SIGTERM to every descendant, then SIGKILL to those alive after ``grace`` seconds; returns how many."""
+    pids = _descendants()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + (grace if sig == signal.SIGTERM else 0)
+        while time.time() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.1)
+    return len(pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap our own children so they do not linger as zombies
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _on_stop_signal(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    """SIGTERM / SIGINT during a run: stop Beam's worker processes, say so on one line, exit 128 + signal.
+    TFX's cache in ML Metadata lets the same command resume where the run stopped."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Beam's threads that talk to the workers print tracebacks as the workers die: silence them (fd 2 to
+    # /dev/null) and keep a copy of stderr for our one line.
+    sys.stderr.flush()
+    stderr = os.dup(2)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    n = _stop_descendants()
+    os.write(stderr, f"privacy-audit run: stopped by {signal.Signals(signum).name}; ended {n} worker process(es); "
+                     "run the same command again to resume from the finished components\n".encode())
+    os._exit(128 + signum)
+
+
+def _write_demo_data(output_dir: str) -> str:
+    from privacy_audit.components.common.examples import write_digits_csv
+
+    data_root = os.path.join(output_dir, "data", "digits")
+    # Written once: rewriting would change the file's fingerprint and defeat TFX's cache.
+    if not os.path.exists(os.path.join(data_root, "digits.csv")):
+        write_digits_csv(data_root, seed=0)
+    print(f"No data given: using the embedded digits data (scikit-learn, 1797 8x8 images) at {data_root}")
+    return data_root
+
+
+def main_run(args: argparse.Namespace) -> int:
+    previous = {sig: signal.signal(sig, _on_stop_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _main_run(args)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _main_run(args: argparse.Namespace) -> int:
+    plan = plan_run(args)
+    s, output_dir = plan.settings, plan.output_dir
+    from privacy_audit.components.common import io
+
+    remote = io.is_remote(output_dir)
+    pipeline_root = s["pipeline_root"] or io.join(output_dir, "pipeline_root")
+    # ML Metadata is SQLite: it stays on this machine even when the artifacts go to a bucket.
+    metadata_path = os.path.abspath(s["metadata_path"] or (
+        os.path.join("privacy_audit_local", "metadata.sqlite") if remote else os.path.join(output_dir, "metadata.sqlite")))
+    for uri in dict.fromkeys([output_dir, pipeline_root, s["history_uri"]]):
+        if uri and io.is_remote(uri):
+            io.check_writable(uri)  # a missing or unreachable bucket fails here, before any training
+    created = not os.path.exists(output_dir)
+    io.makedirs(output_dir)
+    try:
+        data_root = _write_demo_data(os.path.dirname(metadata_path) if remote else output_dir) if plan.demo \
+            else plan.data_root
+    except BaseException:
+        if created and not remote:  # nothing of value in it yet: leave no empty output directory behind
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
     beam_args = list(s["beam_pipeline_args"] or [])
     if not any(a.startswith("--runner") for a in beam_args):
         beam_args = [f"--direct_running_mode=multi_processing",
@@ -408,14 +588,14 @@ def main_run(args: argparse.Namespace) -> int:
     from privacy_audit.pipelines.pipeline import create_pipeline
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
-    metadata_path = os.path.join(output_dir, "metadata.sqlite")
+    os.makedirs(os.path.dirname(metadata_path), exist_ok=True)
     pipeline = create_pipeline(
-        pipeline_root=os.path.join(output_dir, "pipeline_root"), label_key=label_key, data_root=data_root,
-        examples_dir=examples_dir, variants=variants, audit=audit, pipeline_name=s["pipeline_name"],
+        pipeline_root=pipeline_root, history_uri=s["history_uri"], label_key=plan.label_key, data_root=data_root,
+        examples_dir=plan.examples_dir, variants=plan.variants, audit=plan.audit, pipeline_name=s["pipeline_name"],
         metadata_path=metadata_path, feature_keys=s["feature_keys"], seed=int(s["seed"]),
         beam_pipeline_args=beam_args, enable_cache=bool(s["cache"]), report_title=s["title"])
     print(f"Running pipeline {s['pipeline_name']!r}: {len(pipeline.components)} components, variants "
-          f"{[v.name for v in variants]}; ML Metadata at {metadata_path}", flush=True)
+          f"{[v.name for v in plan.variants]}; ML Metadata at {metadata_path}", flush=True)
     t0 = time.time()
     handler = _install_progress()
     try:
@@ -426,28 +606,10 @@ def main_run(args: argparse.Namespace) -> int:
     if uri is None:
         raise RuntimeError("the pipeline finished but no PrivacyReport artifact was found in ML Metadata")
     _copy_report(uri, output_dir)
-    with open(os.path.join(output_dir, "summary.json")) as f:
-        summary = json.load(f)
+    summary = io.read_json(io.join(output_dir, "summary.json"))
     from privacy_audit.components.privacy_report.summary import text_summary
 
     print(text_summary(summary))
-    print(f"Done in {time.time() - t0:.0f}s. Report: {os.path.join(output_dir, 'report.html')}  "
-          f"Summary: {os.path.join(output_dir, 'summary.json')}")
+    print(f"Done in {time.time() - t0:.0f}s. Report: {io.join(output_dir, 'report.html')}  "
+          f"Summary: {io.join(output_dir, 'summary.json')}")
     return 0
-
-
-def _check_csv_label(data_root: str, label_key: str) -> None:
-    """Fails early, before any component runs, when a CSV lacks the label column."""
-    import csv
-
-    csvs = sorted(f for f in os.listdir(data_root) if f.endswith(".csv"))
-    if not csvs and not [f for f in os.listdir(data_root) if ".tfrecord" in f]:
-        raise ValueError(f"no CSV or TFRecord files in {data_root}")
-    for name in csvs:
-        with open(os.path.join(data_root, name), newline="") as f:
-            header = next(csv.reader(f), None)
-        if not header:
-            raise ValueError(f"{os.path.join(data_root, name)} is empty")
-        if label_key not in header:
-            raise ValueError(f"{os.path.join(data_root, name)} has no label column {label_key!r} "
-                             f"(columns: {header[:10]}{'...' if len(header) > 10 else ''})")

@@ -24,7 +24,6 @@ __version__ = "0.2.0"
 
 _ARTIFACT_TYPES = {
     "MembershipInferenceResults": "privacy_audit.components.membership_inference.component",
-    "PrivacyBlessing": "privacy_audit.components.membership_inference.component",
     "PrivacyReport": "privacy_audit.components.privacy_report.component",
     "ReferenceModels": "privacy_audit.components.reference_models.component",
 }

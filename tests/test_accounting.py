@@ -47,10 +47,16 @@ def test_steps_from_epochs_round_up():
     assert accounting.steps_for_epochs(60000, 256, 60) == 14063
 
 
-def test_default_delta():
+def test_default_delta_is_the_largest_power_of_ten_not_above_inverse_n_to_the_1_1():
+    # Issue 12: 924 → 1e-4 (924^-1.1 = 5.4e-4), 60,000 → 1e-6 (5.6e-6); exact powers stay (10^10 → 1e-11).
+    assert accounting.default_delta(924) == 1e-4
     assert accounting.default_delta(1198) == 1e-4
-    assert accounting.default_delta(60000) == 1e-5
-    assert accounting.default_delta(9) == 0.1
+    assert accounting.default_delta(60000) == 1e-6
+    assert accounting.default_delta(9) == 1e-2
+    assert accounting.default_delta(10 ** 10) == pytest.approx(1e-11)
+    for n in (1, 2, 7, 10, 99, 100, 101, 923, 12345, 10 ** 6, 3 * 10 ** 8):
+        d = accounting.default_delta(n)
+        assert d < 1 / n and (d <= n ** -1.1 * (1 + 1e-12) or n == 1) and 10 * d > min(n ** -1.1, 0.1)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -67,9 +73,11 @@ def test_bad_parameters_are_named(kwargs, match):
         accounting.validate_dp_params(**kwargs)
 
 
-def test_large_delta_warns():
-    with pytest.warns(UserWarning, match="1/n"):
-        accounting.validate_dp_params(n_examples=100, delta=0.05)
+@pytest.mark.parametrize("n, delta", [(100, 0.05), (100, 0.01), (924, 2e-3), (60000, 1 / 60000)])
+def test_delta_at_or_above_inverse_n_is_refused_with_the_reason(n, delta):
+    with pytest.raises(ValueError, match=r"not below 1/N.*releasing about one training example"):
+        accounting.validate_dp_params(n_examples=n, delta=delta)
+    accounting.validate_dp_params(n_examples=n, delta=accounting.default_delta(n))
 
 
 def test_ledger_accumulates_events_and_epsilon_per_epoch():

@@ -1,15 +1,18 @@
 """Kubeflow Pipelines v2, as far as it goes without a cluster.
 
 - `privacy-audit compile-kfp` writes a KFP v2 PipelineSpec: parsed strictly with the kfp-pipeline-spec
-  protos, it holds the custom components, their container executors and the DAG edges.
+  protos, it holds the custom components, their container executors and the DAG edges, the run-time
+  parameters with their defaults, each container's resources and each task's caching option.
 - In deploy/'s own environment (kfp 2.x) the SDK loads the same file (submit.py --dry-run and
   deploy/check_package.py), and submit.py creates a run and a recurring run against a local fake of
   the KFP v2beta1 REST API.
 - The compiled tasks' container entry point (TFX's KubeflowV2 executor launcher) runs locally with the
   ExecutorInput that KFP would hand it, built from the task's compiled spec: the report task on
   fixture results/ledgers/blessings; the DP trainer task on a tiny Examples artifact, then the
-  evaluator task on the trainer's outputs and output metadata.
-Without a Docker engine the image itself is not built: the main venv stands in for it.
+  evaluator task on the trainer's outputs and output metadata, with run-time parameters resolved as KFP does.
+- The image's Python environment, built without a Docker engine from the same install steps as
+  deploy/Dockerfile (deploy/install_steps.sh) in a fresh venv, runs every compiled task's command line
+  (ExampleGen → trainers → evaluators → report) with non-default parameter values.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import gzip
 import http.server
 import json
 import os
+import posixpath
 import re
 import shutil
 import struct
@@ -34,6 +38,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "registry.example.com/privacy-audit:test-1"
 PIPELINE_ROOT = "gs://audit-bucket/privacy-audit"
+# Resources the module's compiled spec asks for on top of the defaults (compile-kfp --resource).
+RESOURCE_FLAGS = ["DPTrainer.gpu_count=1", "DPTrainer.gpu_type=nvidia.com/gpu", "DPTrainer.memory_limit=16Gi",
+                  "PrivacyReportGenerator.cpu_limit=500m"]
+GB = 1e9  # KFP's ResourceSpec holds memory in GB of 10^9 bytes
 ENTRYPOINT = ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
 EXECUTORS = {
     "DPTrainer": "privacy_audit.components.dp_trainer.executor.Executor",
@@ -45,6 +53,8 @@ from privacy_audit.pipelines.pipeline import default_variants  # noqa: E402
 VARIANTS = tuple(v.name for v in default_variants())  # the default pipeline's variants: non-private, then DP
 DP_VARIANT = next(v for v in default_variants() if v.private)
 DP = DP_VARIANT.name
+TARGET_EPSILON_DP = f"target_epsilon_{DP}"
+GIB = 2 ** 30
 
 
 def _task(component: str, variant: str) -> str:
@@ -83,8 +93,9 @@ def compiled(tmp_path_factory):
     out = tmp_path_factory.mktemp("kfp") / "pipeline.yaml"
     cli = ROOT / ".venv" / "bin" / "privacy-audit"
     cmd = [str(cli)] if cli.exists() else [_main_python(), "-m", "privacy_audit.pipelines.cli"]
+    flags = [a for r in RESOURCE_FLAGS for a in ("--resource", r)]
     proc = subprocess.run(cmd + ["compile-kfp", "--output", str(out), "--image", IMAGE,
-                                 "--pipeline-root", PIPELINE_ROOT],
+                                 "--pipeline-root", PIPELINE_ROOT] + flags,
                           capture_output=True, text=True, env=_env(), timeout=300, cwd=str(out.parent))
     assert proc.returncode == 0, f"compile-kfp failed:\n{_tail(proc.stderr)}"
     assert str(out) in proc.stdout and "6 tasks" in proc.stdout, proc.stdout
@@ -114,10 +125,19 @@ def _constant(param: dict):
     return param["runtimeValue"]["constant"]
 
 
+def _pipeline_parameter(param: dict) -> str:
+    """The pipeline (run-time) parameter a task parameter reads."""
+    return param["componentInputParameter"]
+
+
 def _class_defined(class_path: str) -> bool:
     """The executor class path names a class in this repository's sources (checked without importing)."""
     module, cls = class_path.rsplit(".", 1)
-    path = ROOT.joinpath(*module.split(".")).with_suffix(".py")
+    parts = module.split(".")
+    # pyproject's package-dir: privacy_audit.components / .pipelines live in the repository's components/, pipelines/.
+    if parts[:2] in (["privacy_audit", "components"], ["privacy_audit", "pipelines"]):
+        parts = parts[1:]
+    path = ROOT.joinpath(*parts).with_suffix(".py")
     if not path.is_file():
         return False
     tree = ast.parse(path.read_text())
@@ -161,8 +181,10 @@ def test_compile_kfp_writes_pipeline_spec(compiled):
         if component in EXECUTORS:
             assert class_path == EXECUTORS[component], name
             assert _class_defined(class_path), class_path
+        # Every parameter is a compiled constant or a pipeline parameter the root declares.
         for param in tasks[name].get("inputs", {}).get("parameters", {}).values():
-            assert "constant" in param["runtimeValue"], (name, param)
+            assert ("constant" in param.get("runtimeValue", {})) != (param.get("componentInputParameter") in
+                                                                    spec["root"]["inputDefinitions"]["parameters"])
 
     # Component interfaces: the namespaced custom artifact types.
     _, report = _task_component(spec, "PrivacyReportGenerator")
@@ -170,11 +192,11 @@ def test_compile_kfp_writes_pipeline_spec(compiled):
     in_types = {k: _title(a["artifactType"]) for k, a in report["inputDefinitions"]["artifacts"].items()}
     assert in_types == {"attack_results": "privacy_audit.MembershipInferenceResults",
                         "attack_results_1": "privacy_audit.MembershipInferenceResults",
-                        "blessings": "privacy_audit.PrivacyBlessing", "blessings_1": "privacy_audit.PrivacyBlessing",
+                        "blessings": "tfx.ModelBlessing", "blessings_1": "tfx.ModelBlessing",
                         "ledgers": "tfx.ModelRun", "ledgers_1": "tfx.ModelRun"}
     _, evaluator = _task_component(spec, EVALUATOR_DP)
     assert {k: _title(a["artifactType"]) for k, a in evaluator["outputDefinitions"]["artifacts"].items()} == {
-        "attack_results": "privacy_audit.MembershipInferenceResults", "blessing": "privacy_audit.PrivacyBlessing"}
+        "attack_results": "privacy_audit.MembershipInferenceResults", "blessing": "tfx.ModelBlessing"}
 
     # DAG edges: ExampleGen → trainer → evaluator → report, per variant.
     def source(task_name, key):
@@ -197,12 +219,105 @@ def test_compile_kfp_writes_pipeline_spec(compiled):
     assert len(report_sources) == 3 * len(VARIANTS)
     # The DP variant is private at its ε; the baseline is not. On Kubeflow the report has no MLMD SQLite path.
     dp = tasks[TRAINER_DP]["inputs"]["parameters"]
-    assert _constant(dp["private"]) == 1 and _constant(dp["target_epsilon"]) == DP_VARIANT.target_epsilon
+    assert _constant(dp["private"]) == 1 and _pipeline_parameter(dp["target_epsilon"]) == TARGET_EPSILON_DP
     assert _constant(tasks[_task("DPTrainer", "non_private")]["inputs"]["parameters"]["private"]) == 0
     assert "metadata_sqlite_path" not in tasks["PrivacyReportGenerator"]["inputs"].get("parameters", {})
-    # The default data is the digits baked into the image.
+    # The default data is the digits baked into the image, as the data_root parameter's default.
     gen = tasks["CsvExampleGen"]["inputs"]["parameters"]
-    assert _constant(gen["input_base"]) == "/opt/privacy-audit/data/digits"
+    assert _pipeline_parameter(gen["input_base"]) == "data_root"
+    assert proto.root.input_definitions.parameters["data_root"].default_value.string_value == \
+        "/opt/privacy-audit/data/digits"
+
+
+def test_compiled_spec_carries_parameters_resources_and_caching(compiled):
+    """The run-time parameters with today's values as defaults, the containers' resource requests (defaults plus
+    the --resource flags, converted to the units of KFP's ResourceSpec by hand here) and per-task caching, read
+    through the kfp-pipeline-spec protos."""
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    from privacy_audit.pipelines.run import DEFAULTS
+
+    _, spec = compiled
+    proto = pipeline_spec_pb2.PipelineSpec()
+    json_format.ParseDict(spec, proto)
+    declared = proto.root.input_definitions.parameters
+    T = pipeline_spec_pb2.ParameterType
+    expected = {"data_root": (T.STRING, "/opt/privacy-audit/data/digits"),
+                "epochs": (T.NUMBER_INTEGER, DEFAULTS["epochs"]), "max_auc": (T.NUMBER_DOUBLE, 1.0),
+                "max_attacker_advantage": (T.NUMBER_DOUBLE, 1.0),
+                "max_epsilon_lower_bound": (T.NUMBER_DOUBLE, 100.0),
+                TARGET_EPSILON_DP: (T.NUMBER_DOUBLE, DP_VARIANT.target_epsilon)}
+    assert set(declared) == set(expected)
+    for name, (ptype, default) in expected.items():
+        assert declared[name].parameter_type == ptype, name
+        value = json_format.MessageToDict(declared[name].default_value)
+        assert value == default, name
+        assert declared[name].is_optional and declared[name].description, name
+
+    tasks = spec["root"]["dag"]["tasks"]
+    uses = {name: {k: _pipeline_parameter(p) for k, p in t["inputs"].get("parameters", {}).items()
+                   if "componentInputParameter" in p} for name, t in tasks.items()}
+    gate = {k: k for k in ("max_auc", "max_attacker_advantage", "max_epsilon_lower_bound")}
+    assert uses == {"CsvExampleGen": {"input_base": "data_root"},
+                    _task("DPTrainer", "non_private"): {"epochs": "epochs"},
+                    TRAINER_DP: {"epochs": "epochs", "target_epsilon": TARGET_EPSILON_DP},
+                    _task("MembershipInferenceEvaluator", "non_private"): gate, EVALUATOR_DP: gate,
+                    "PrivacyReportGenerator": {}}
+
+    deployment = pipeline_spec_pb2.PipelineDeploymentConfig()
+    json_format.ParseDict(spec["deploymentSpec"], deployment)
+    evaluator = dict(cpu_request=2, cpu_limit=4, memory_request=4 * GIB / GB, memory_limit=8 * GIB / GB)
+    want = {"CsvExampleGen": dict(cpu_request=1, memory_request=2 * GIB / GB),
+            "DPTrainer": dict(cpu_request=2, memory_request=4 * GIB / GB, memory_limit=16 * GIB / GB),
+            "MembershipInferenceEvaluator": evaluator,
+            "PrivacyReportGenerator": dict(cpu_request=0.5, cpu_limit=0.5, memory_request=GIB / GB)}
+    for name, task in tasks.items():
+        label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+        res = deployment.executors[label].container.resources
+        fields = {f.name: v for f, v in res.ListFields() if f.name != "accelerator"}
+        assert fields == pytest.approx(want[name.split("-")[0]]), name
+        if name.startswith("DPTrainer"):
+            assert (res.accelerator.type, res.accelerator.count) == ("nvidia.com/gpu", 1), name
+        else:
+            assert not res.HasField("accelerator"), name
+        # Caching on for all but the report: a scheduled run always writes a fresh report.
+        assert proto.root.dag.tasks[name].caching_options.enable_cache == (name != "PrivacyReportGenerator"), name
+
+
+def test_reference_models_follow_their_variants_parameters_and_may_use_gpus(tmp_path, capsys):
+    """Variants with different epochs get one epochs parameter each; the reference models read their variant's
+    epochs and ε parameters, and ReferenceModelTrainer takes GPUs."""
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    from privacy_audit.pipelines import cli
+
+    config = tmp_path / "audit.yaml"
+    config.write_text("reference_models: 2\nmax_auc: 0.65\nvariants:\n"
+                      "  - {name: base, private: false, epochs: 3}\n"
+                      "  - {name: dp_eps2, private: true, target_epsilon: 2.0, epochs: 5}\n")
+    out = tmp_path / "pipeline.yaml"
+    assert cli.main(["compile-kfp", "--output", str(out), "--image", IMAGE, "--config", str(config),
+                     "--resource", "ReferenceModelTrainer.gpu_count=2",
+                     "--resource", "ReferenceModelTrainer.gpu_type=nvidia.com/gpu"]) == 0, capsys.readouterr().err
+    spec = yaml.safe_load(out.read_text())
+    proto = pipeline_spec_pb2.PipelineSpec()
+    json_format.ParseDict(spec, proto)
+    defaults = {k: json_format.MessageToDict(p.default_value)
+                for k, p in proto.root.input_definitions.parameters.items()}
+    assert defaults == {"data_root": "/opt/privacy-audit/data/digits", "epochs_base": 3, "epochs_dp_eps2": 5,
+                        "target_epsilon_dp_eps2": 2.0, "max_auc": 0.65, "max_attacker_advantage": 1.0,
+                        "max_epsilon_lower_bound": 100.0}
+    tasks = spec["root"]["dag"]["tasks"]
+    refs = tasks["ReferenceModelTrainer-dp-eps2"]["inputs"]["parameters"]
+    assert _pipeline_parameter(refs["epochs"]) == "epochs_dp_eps2"
+    assert _pipeline_parameter(refs["target_epsilon"]) == "target_epsilon_dp_eps2"
+    assert _pipeline_parameter(tasks["ReferenceModelTrainer-base"]["inputs"]["parameters"]["epochs"]) == "epochs_base"
+    for name in ("ReferenceModelTrainer-base", "ReferenceModelTrainer-dp-eps2"):
+        resources = _container(spec, name)["resources"]
+        assert resources["accelerator"] == {"type": "nvidia.com/gpu", "count": "2"}, name
+    assert "accelerator" not in _container(spec, "DPTrainer-dp-eps2")["resources"]
 
 
 def test_argo_safe_names_rename_every_reference_and_refuse_collisions():
@@ -250,6 +365,65 @@ def test_compile_kfp_output_directory_is_an_error(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--resource", "DPTrainer.cpu_request=-1"], "resources: DPTrainer.cpu_request = '-1' is negative"),
+    (["--resource", "MembershipInferenceEvaluator.memory_limit=-2Gi"],
+     "MembershipInferenceEvaluator.memory_limit = '-2Gi' is negative"),
+    (["--resource", "DPTrainer.memory_request=lots"], "DPTrainer.memory_request = 'lots' is not a Kubernetes quantity"),
+    (["--resource", "MembershipInferenceEvaluator.gpu_count=1"],
+     "MembershipInferenceEvaluator cannot use a GPU (only DPTrainer and ReferenceModelTrainer"),
+    (["--resource", "ReferenceModelTrainer.gpu_count=-1"], "ReferenceModelTrainer.gpu_count = '-1' must be a whole"),
+    (["--resource", "Trainer.cpu_request=1"], "unknown component kind 'Trainer'; valid: ExampleGen, DPTrainer"),
+    (["--resource", "DPTrainer.cpus=1"], "unknown key DPTrainer.cpus; valid: cpu_request"),
+    (["--resource", "DPTrainer.memory_request=16Gi", "--resource", "DPTrainer.memory_limit=8Gi"],
+     "DPTrainer.memory_request (16Gi) exceeds DPTrainer.memory_limit (8Gi)"),
+    (["--resource", "DPTrainer=2"], "expected KIND.KEY=VALUE"),
+    (["--image", "registry.example.com/privacy audit:1"], "contains whitespace"),
+    (["--image", "registry.example.com:5000/privacy-audit"], "has no tag: give REGISTRY/NAME:TAG"),
+    (["--image", "Registry.example.com/Privacy-Audit:1"], "is not a valid image name"),
+    (["--config", "{config}"], "resources: PrivacyReportGenerator cannot use a GPU"),
+])
+def test_compile_kfp_bad_input_is_one_line_error(flags, message, tmp_path, capsys):
+    from privacy_audit.pipelines import cli
+
+    config = tmp_path / "audit.yaml"
+    config.write_text("resources:\n  PrivacyReportGenerator: {gpu_count: 1}\n")
+    out = tmp_path / "out" / "pipeline.yaml"
+    flags = [f.format(config=config) for f in flags]
+    args = ["compile-kfp", "--output", str(out)] + (["--image", IMAGE] if "--image" not in flags else []) + flags
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "compile-kfp: error:" in err and message in err and "\n" not in err, err
+    assert not out.exists()
+
+
+def test_image_check_accepts_tags_and_digests_and_warns_on_latest():
+    from privacy_audit.pipelines.kubeflow import check_image
+
+    assert check_image("registry.example.com:5000/team/privacy-audit:1.16-2") is None
+    assert check_image("privacy-audit:v3") is None
+    assert check_image("gcr.io/p/privacy-audit@sha256:" + "ab" * 32) is None
+    warning = check_image("registry.example.com/privacy-audit:latest")
+    assert warning.startswith("warning:") and "'latest'" in warning
+
+
+def test_resources_convert_kubernetes_quantities_and_follow_the_beam_runner():
+    from privacy_audit.pipelines.kubeflow import resolve_resources
+
+    r = resolve_resources({"DPTrainer": {"cpu_request": "500m", "cpu_limit": 3, "memory_request": "512Mi",
+                                         "memory_limit": "2G", "gpu_count": 2, "gpu_type": "amd.com/gpu"}}, [])
+    assert r["DPTrainer"] == {"cpuRequest": 0.5, "cpuLimit": 3.0, "memoryRequest": pytest.approx(512 * 2 ** 20 / GB),
+                              "memoryLimit": 2.0, "accelerator": {"type": "amd.com/gpu", "count": "2"}}
+    # The evaluator's Beam work: in its pod on the DirectRunner, elsewhere with a distributed runner.
+    direct = resolve_resources(None, ["--direct_num_workers=2"])["MembershipInferenceEvaluator"]
+    remote = resolve_resources(None, ["--runner=DataflowRunner", "--project=p"])["MembershipInferenceEvaluator"]
+    assert direct == {"cpuRequest": 2.0, "cpuLimit": 4.0, "memoryRequest": pytest.approx(4 * GIB / GB),
+                      "memoryLimit": pytest.approx(8 * GIB / GB)}
+    assert remote == {"cpuRequest": 1.0, "memoryRequest": pytest.approx(2 * GIB / GB)}
+    assert resolve_resources(None, ["--runner=DirectRunner"])["MembershipInferenceEvaluator"] == direct
+    assert "accelerator" not in resolve_resources({"DPTrainer": {"gpu_count": 0}}, [])["DPTrainer"]
+
+
 def _custom_type_titles(spec) -> set:
     titles = set()
     for comp in spec["components"].values():
@@ -272,19 +446,20 @@ def test_custom_artifact_types_are_importable_in_the_image(compiled):
 
     _, spec = compiled
     titles = _custom_type_titles(spec)
-    assert titles == {"privacy_audit.MembershipInferenceResults", "privacy_audit.PrivacyBlessing",
-                      "privacy_audit.PrivacyReport"}
+    # The blessing is TFX's standard ModelBlessing (what Pusher checks), not a custom type.
+    assert titles == {"privacy_audit.MembershipInferenceResults", "privacy_audit.PrivacyReport"}
     module = "privacy_audit"
     source = ROOT / module / "__init__.py" if (ROOT / module).is_dir() else ROOT / f"{module}.py"
     assert source.is_file(), (
         f"no top-level module {module!r} in the repository: on Kubeflow the tasks fail with "
         f"'ImportError: Could not import {sorted(titles)[0]}'. Add {module}.py (or {module}/__init__.py) "
         "re-exporting the custom artifact classes, ship it in pyproject.toml and deploy/Dockerfile")
-    tree = ast.parse(source.read_text())
-    names = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
-    names |= {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
-    missing = {t.split(".", 1)[1] for t in titles} - names
-    assert not missing, f"{source} does not define or import {sorted(missing)}"
+    # The entry point resolves each title as module attribute (privacy_audit loads them lazily).
+    import importlib
+
+    namespace = importlib.import_module(module)
+    missing = {t for t in titles if getattr(getattr(namespace, t.split(".", 1)[1], None), "TYPE_NAME", None) != t}
+    assert not missing, f"{source} does not provide {sorted(missing)}"
 
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())
     st = cfg.get("tool", {}).get("setuptools", {})
@@ -370,6 +545,62 @@ def test_kfp_sdk_loads_compiled_package(kfp_python, compiled):
             assert t["executor_class_path"] == EXECUTORS[name.split("-")[0]]
     assert seen["PrivacyReportGenerator"]["input_artifacts"]["attack_results_1"] == {
         "producer": EVALUATOR_DP, "output": "attack_results"}
+    # The kfp SDK's own protos read the parameters' defaults, the resources and the caching options.
+    params = summary["parameters"]
+    assert params["max_auc"] == {"type": "NUMBER_DOUBLE", "default": 1.0}
+    assert params[TARGET_EPSILON_DP] == {"type": "NUMBER_DOUBLE", "default": DP_VARIANT.target_epsilon}
+    assert params["data_root"] == {"type": "STRING", "default": "/opt/privacy-audit/data/digits"}
+    assert params["epochs"]["type"] == "NUMBER_INTEGER" and params["epochs"]["default"] == 40
+    assert seen[TRAINER_DP]["pipeline_parameters"] == {"epochs": "epochs", "target_epsilon": TARGET_EPSILON_DP}
+    dp = seen[TRAINER_DP]["resources"]
+    assert dp["accelerator"] == {"type": "nvidia.com/gpu", "count": "1"}
+    assert dp["memory_limit"] == pytest.approx(16 * GIB / GB) and dp["cpu_request"] == 2
+    assert seen[EVALUATOR_DP]["resources"]["memory_request"] == pytest.approx(4 * GIB / GB)
+    assert {n: t["cache"] for n, t in seen.items()} == {n: n != "PrivacyReportGenerator" for n in seen}
+
+
+def _submit(kfp_python, *args, env=None):
+    return subprocess.run([kfp_python, str(ROOT / "deploy" / "submit.py"), *args], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def test_submit_dry_run_prints_the_request_with_parameters(kfp_python, compiled):
+    path, _ = compiled
+    proc = _submit(kfp_python, "--dry-run", "--package", str(path), "--param", "max_auc=0.6", "--param", "epochs=3",
+                   "--param", f"{TARGET_EPSILON_DP}=2", "--schedule", "0 0 3 * * 1")
+    assert proc.returncode == 0, _tail(proc.stderr)
+    request = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert request["method"] == "POST" and request["path"] == "/apis/v2beta1/recurringruns"
+    body = request["body"]
+    # Typed as the package declares them: the integer stays an integer, "2" becomes the number 2.0.
+    assert body["runtime_config"]["parameters"] == {"max_auc": 0.6, "epochs": 3, TARGET_EPSILON_DP: 2.0}
+    assert isinstance(body["runtime_config"]["parameters"]["epochs"], int)
+    assert body["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * 1"}}
+    assert body["max_concurrency"] == 1 and body["no_catchup"] is True and body["mode"] == "ENABLE"
+
+    proc = _submit(kfp_python, "--dry-run", "--package", str(path))  # one run now, compiled defaults
+    assert proc.returncode == 0, _tail(proc.stderr)
+    request = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert request["path"] == "/apis/v2beta1/runs" and "trigger" not in request["body"]
+    assert request["body"]["runtime_config"].get("parameters", {}) == {}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--param", "max_aux=0.6"], "the pipeline has no parameter 'max_aux'; it has: data_root, epochs, max_attacker"),
+    (["--param", "max_auc=high"], "--param max_auc='high': max_auc takes a finite number"),
+    (["--param", "max_auc=nan"], "max_auc takes a finite number"),
+    (["--param", "epochs=1.5"], "--param epochs='1.5': epochs takes an integer"),
+    (["--param", "epochs"], "expected NAME=VALUE"),
+    (["--schedule", "0 3 * * 1"], "KFP cron expressions have 6 fields"),
+    (["--package", "no_such.yaml"], "no_such.yaml: no such file"),
+])
+def test_submit_bad_input_is_one_line_error(kfp_python, compiled, args, message):
+    path, _ = compiled
+    proc = _submit(kfp_python, "--dry-run", "--package", str(path), *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    err = proc.stderr.strip()
+    assert "\n" not in err and err.startswith("submit.py: error:") and message in err, err
+    assert "Traceback" not in proc.stderr and "POST" not in proc.stdout
 
 
 class _FakeKfp(http.server.BaseHTTPRequestHandler):
@@ -485,9 +716,12 @@ def test_submit_runs_and_schedules_against_kfp_api(kfp_python, compiled, fake_kf
     assert run["experiment_id"] == "experiment-1"
     assert "Run runs-1 started" in proc.stdout
 
-    # Second submission, scheduled: a new version of the same pipeline, weekly, never overlapping.
-    proc = subprocess.run(submit + ["--schedule", "0 0 3 * * 1", "--pipeline-root", "gs://other/root"],
-                          capture_output=True, text=True, timeout=120, env=env)
+    assert run["runtime_config"].get("parameters", {}) == {}  # the compiled defaults hold
+
+    # Second submission, scheduled: a new version of the same pipeline, weekly, never overlapping, with parameters.
+    scheduled = ["--schedule", "0 0 3 * * 1", "--pipeline-root", "gs://other/root", "--param", "max_auc=0.6",
+                 "--param", "data_root=gs://data/this-week", "--run-name", "weekly"]
+    proc = subprocess.run(submit + scheduled, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, _tail(proc.stderr)
     assert state["unknown"] == []
     assert len(state["pipelines"]) == 1 and len(state["versions"]) == 2 and len(state["experiments"]) == 1
@@ -497,24 +731,56 @@ def test_submit_runs_and_schedules_against_kfp_api(kfp_python, compiled, fake_kf
     assert job["mode"] == "ENABLE"
     assert job["pipeline_version_reference"] == {"pipeline_id": "pipeline-1", "pipeline_version_id": "version-2"}
     assert job["runtime_config"]["pipeline_root"] == "gs://other/root"
+    assert job["runtime_config"]["parameters"] == {"max_auc": 0.6, "data_root": "gs://data/this-week"}
     assert "max concurrency 1, no catch-up" in proc.stdout
+    # --dry-run prints the body the client sent, but for the ids the server assigns on upload.
+    dry = subprocess.run(submit + scheduled + ["--dry-run"], capture_output=True, text=True, timeout=120, env=env)
+    assert dry.returncode == 0, _tail(dry.stderr)
+    body = json.loads(dry.stdout[dry.stdout.index("{"):])["body"]
+    ids = {"experiment_id": job["experiment_id"], "pipeline_version_reference": job["pipeline_version_reference"]}
+    assert {**body, **ids} == job
+    assert len(state["recurring_runs"]) == 1  # the dry run sent nothing
 
 
 # --------------------------------------------------------------------------------------------------
 # The compiled tasks' container entry point, run locally
 
 
-def _executor_input(spec, task_name, inputs, outputs, output_file, overrides=None):
+def _local_store(spec, task_name, store: Path):
+    """Overrides that point a task's compiled bucket paths (the report's audit history under the pipeline root)
+    into the local stand-in for the bucket."""
+    _, comp = _task_component(spec, task_name)
+    declared = comp["inputDefinitions"].get("parameters", {})
+    return {"history_uri": str(store / "audit_history")} if "history_uri" in declared else {}
+
+
+def _resolve_parameters(spec, task, run_params):
+    """A task's parameter values as KFP's driver resolves them: compiled constants, and pipeline parameters
+    (`componentInputParameter`) from the run's values (`create_run(params=...)`) or the compiled defaults."""
+    root = spec["root"].get("inputDefinitions", {}).get("parameters", {})
+    assert set(run_params or {}) <= set(root), f"unknown pipeline parameters {set(run_params) - set(root)}"
+    values = {}
+    for key, p in task["inputs"].get("parameters", {}).items():
+        if "componentInputParameter" in p:
+            name = p["componentInputParameter"]
+            values[key] = (run_params or {}).get(name, root[name]["defaultValue"])
+        else:
+            values[key] = _constant(p)
+    return values
+
+
+def _executor_input(spec, task_name, inputs, outputs, output_file, overrides=None, run_params=None):
     """The ExecutorInput KFP's launcher passes as `{{$}}`, from the task's compiled spec.
 
     inputs: {input key: (uri, metadata)} for every input artifact of the task; outputs: {output key: uri}.
-    Parameters are the task's compiled constants (overrides replace some, e.g. fewer epochs).
+    run_params: the run's pipeline parameters ({name: value}, as `submit.py --param` gives them); overrides
+    replace a task's compiled constants (e.g. a smaller batch).
     """
     task, comp = _task_component(spec, task_name)
     declared = comp["inputDefinitions"]
     wanted = set(task["inputs"].get("artifacts", {}))
     assert set(inputs) == wanted, f"{task_name} takes input artifacts {sorted(wanted)}"
-    params = {k: _constant(p) for k, p in task["inputs"].get("parameters", {}).items()}
+    params = _resolve_parameters(spec, task, run_params)
     for k, v in (overrides or {}).items():
         assert k in declared["parameters"], k
         params[k] = v
@@ -536,10 +802,11 @@ def _executor_input(spec, task_name, inputs, outputs, output_file, overrides=Non
     return executor_input
 
 
-def _run_task(spec, task_name, executor_input, cwd, timeout=240):
-    """Runs the task's compiled container command with `{{$}}` replaced, as KFP's launcher does."""
+def _run_task(spec, task_name, executor_input, cwd, timeout=240, python=None):
+    """Runs the task's compiled container command with `{{$}}` replaced, as KFP's launcher does; `python` is the
+    image's interpreter (default: the main venv's)."""
     container = _container(spec, task_name)
-    command = [_main_python() if c == "python" else c for c in container["command"]]
+    command = [(python or _main_python()) if c == "python" else c for c in container["command"]]
     args = [json.dumps(executor_input) if a == "{{$}}" else a for a in container["args"]]
     proc = subprocess.run(command + args, capture_output=True, text=True, env=_env(), timeout=timeout, cwd=str(cwd))
     assert proc.returncode == 0, f"{task_name} entry point failed:\n{_tail(proc.stderr, 5000)}"
@@ -615,7 +882,8 @@ def test_report_task_runs_through_kfp_entrypoint(compiled, tmp_path):
         inputs[f"blessings{suffix}"] = (str(blessing), {"model_variant": v, "blessed": float(v == DP)})
     report_uri = store / "PrivacyReportGenerator" / "report"
     output_file = tmp_path / "kfp_outputs" / "output_metadata.json"
-    executor_input = _executor_input(spec, "PrivacyReportGenerator", inputs, {"report": str(report_uri)}, output_file)
+    executor_input = _executor_input(spec, "PrivacyReportGenerator", inputs, {"report": str(report_uri)}, output_file,
+                                     overrides=_local_store(spec, "PrivacyReportGenerator", store))
     assert executor_input["inputs"]["parameterValues"]["title"] == "Privacy audit"
 
     out = _run_task(spec, "PrivacyReportGenerator", executor_input, cwd=tmp_path)
@@ -701,6 +969,17 @@ def _write_examples(uri: Path, n_train: int, n_eval: int) -> None:
         (d / "data_tfrecord-00000-of-00001.gz").write_bytes(gzip.compress(_tfrecord(part)))
 
 
+def _assert_gated_at(blessing, final_results, max_auc):
+    """The blessing fails exactly the final model's results whose AUC exceeds max_auc (AUC and advantage are at
+    most 1 and no finite audit proves ε >= 100, so the other default thresholds fail nothing)."""
+    over = sorted((json.dumps(r["slice"], sort_keys=True), r["attack"]) for r in final_results["results"]
+                  if r["auc"] > max_auc)
+    failed = sorted((json.dumps(f["slice"], sort_keys=True), f["attack"]) for f in blessing["failures"])
+    assert failed == over
+    assert all(f["metric"] == "auc" and f["threshold"] == max_auc for f in blessing["failures"])
+    assert blessing["blessed"] is (not over)
+
+
 def test_dp_trainer_then_evaluator_tasks_run_through_kfp_entrypoint(compiled, tmp_path):
     _, spec = compiled
     store = tmp_path / "gcs"
@@ -708,12 +987,13 @@ def test_dp_trainer_then_evaluator_tasks_run_through_kfp_entrypoint(compiled, tm
     _write_examples(examples, n_train=96, n_eval=32)
     model_uri, run_uri = store / TRAINER_DP / "model", store / TRAINER_DP / "model_run"
     output_file = tmp_path / "kfp_outputs" / "output_metadata.json"
-    # As compiled (DP, target ε = 3, Poisson sampling, the built-in CNN), but one short epoch.
+    # As compiled (DP, Poisson sampling, the variant's model), but one short epoch (the run's `epochs`
+    # parameter) and a smaller batch.
     executor_input = _executor_input(
         spec, TRAINER_DP,
         {"examples": (str(examples), EXAMPLES_METADATA)},
         {"model": str(model_uri), "model_run": str(run_uri)}, output_file,
-        overrides={"epochs": 1, "batch_size": 16, "checkpoint_every": 1})
+        overrides={"batch_size": 16, "checkpoint_every": 1}, run_params={"epochs": 1})
 
     out = _run_task(spec, TRAINER_DP, executor_input, cwd=tmp_path)
 
@@ -721,8 +1001,8 @@ def test_dp_trainer_then_evaluator_tasks_run_through_kfp_entrypoint(compiled, tm
     assert ledger["model_variant"] == DP and ledger["private"] is True
     assert ledger["n_examples"] == 96 and ledger["expected_batch_size"] == 16
     assert ledger["sampling"] == "poisson" and len(ledger["epochs"]) == 1
-    # σ was calibrated for ε = 3 over the planned steps; the steps that ran give ε ≈ 3.
-    assert 0 < ledger["epsilon"] <= 3.0 + 1e-6 and ledger["noise_multiplier"] > 0
+    # σ was calibrated for the compiled default target ε over the planned steps; the steps that ran give it.
+    assert 0 < ledger["epsilon"] <= DP_VARIANT.target_epsilon + 1e-6 and ledger["noise_multiplier"] > 0
     info = json.loads((model_uri / "model_info.json").read_text())
     assert info["model_variant"] == DP and info["label_key"] == "label" and info["private"] is True
     assert info["input_features"] == [f"pixel_{j:02d}" for j in range(64)]
@@ -747,7 +1027,7 @@ def test_dp_trainer_then_evaluator_tasks_run_through_kfp_entrypoint(compiled, tm
          "model": (str(model_uri), model["metadata"]),
          "model_run": (str(run_uri), out["artifacts"]["model_run"]["artifacts"][0]["metadata"])},
         {"attack_results": str(results_uri), "blessing": str(blessing_uri)},
-        tmp_path / "kfp_outputs_evaluator" / "output_metadata.json")
+        tmp_path / "kfp_outputs_evaluator" / "output_metadata.json", run_params={"max_auc": 0.5})
 
     out = _run_task(spec, EVALUATOR_DP, executor_input, cwd=tmp_path)
 
@@ -759,7 +1039,208 @@ def test_dp_trainer_then_evaluator_tasks_run_through_kfp_entrypoint(compiled, tm
     attacks = {(r["slice"]["feature"], r["attack"]) for r in final["results"]}
     assert {("entire_dataset", "threshold"), ("entire_dataset", "logistic_regression")} <= attacks
     assert all(0.0 <= r["auc"] <= 1.0 for r in final["results"])
+    # The gate at the run's max_auc (0.5, not the compiled 1.0); the other thresholds at their defaults.
     blessing = json.loads((blessing_uri / "blessing.json").read_text())
-    assert blessing["blessed"] is True and blessing["model_variant"] == DP  # no gate compiled in
+    assert blessing["thresholds"] == {"auc": 0.5, "attacker_advantage": 1.0, "epsilon_lower_bound": 100.0}
+    _assert_gated_at(blessing, final, max_auc=0.5)
+    assert blessing["model_variant"] == DP
     [b] = out["artifacts"]["blessing"]["artifacts"]
-    assert b["metadata"]["blessed"] == 1 and b["metadata"]["model_variant"] == DP
+    assert b["metadata"]["blessed"] == int(blessing["blessed"]) and b["metadata"]["model_variant"] == DP
+
+
+# --------------------------------------------------------------------------------------------------
+# The image, checked without a Docker engine: its Python environment built from deploy/install_steps.sh (the
+# script the Dockerfile runs) in a fresh venv, then every compiled task's command line run against it.
+
+INSTALL_STEPS = ROOT / "deploy" / "install_steps.sh"
+# The venv with the lock installed is reused while the lock and the install steps stay the same (CI may cache
+# this directory); the project itself is reinstalled from a fresh build context on every run.
+IMAGE_VENV_CACHE = Path(os.environ.get("PRIVACY_AUDIT_IMAGE_VENV_CACHE") or Path.home() / ".cache" / "privacy-audit")
+
+
+def _dockerfile():
+    """deploy/Dockerfile's COPY and RUN lines in order, each with the WORKDIR it runs in, and the last WORKDIR
+    (where the tasks start): ([(instruction, arguments, workdir)], task workdir)."""
+    workdir, steps = "/", []
+    for line in (ROOT / "deploy" / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        op = words[0].upper()
+        if op == "WORKDIR":
+            workdir = posixpath.join(workdir, words[1])
+        elif op in ("COPY", "RUN"):
+            steps.append((op, line.split(None, 1)[1], workdir))
+    return steps, workdir
+
+
+def _image_tree(root: Path):
+    """Mirrors the image's files under root as the Dockerfile's COPY lines place them (a package the Dockerfile
+    forgets to copy is missing here too), and parses its one RUN line, which must only call the install steps.
+
+    Returns the image's (source dir, digits dir) as the RUN line names them, and the mirror's paths:
+    {"script", "source", "digits", "run_cwd", "task_cwd"}.
+    """
+    steps, task_workdir = _dockerfile()
+
+    def inside(path: str) -> Path:
+        return root / path.lstrip("/")
+
+    for op, args, workdir in steps:
+        if op != "COPY":
+            continue
+        *sources, target = args.split()
+        dest = inside(posixpath.join(workdir, target))
+        for src in sources:
+            to = dest / Path(src).name if target.endswith("/") or len(sources) > 1 else dest
+            to.parent.mkdir(parents=True, exist_ok=True)
+            if (ROOT / src).is_dir():
+                shutil.copytree(ROOT / src, to, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            else:
+                shutil.copy2(ROOT / src, to)
+    runs = [(args, workdir) for op, args, workdir in steps if op == "RUN"]
+    assert len(runs) == 1, f"deploy/Dockerfile must install through deploy/install_steps.sh only, RUN lines: {runs}"
+    words, workdir = runs[0][0].split(), runs[0][1]
+    assert "deploy/install_steps.sh" in words and len(words) == words.index("deploy/install_steps.sh") + 3, words
+    at = words.index("deploy/install_steps.sh")
+    assert words[at - 1] == "sh" and all("=" in w for w in words[:at - 1]), words  # env settings, then the script
+    source, digits = words[at + 1], words[at + 2]
+    paths = {"script": inside(posixpath.join(workdir, words[at])), "source": inside(source), "digits": inside(digits),
+             "run_cwd": inside(workdir), "task_cwd": inside(task_workdir)}
+    paths["task_cwd"].mkdir(parents=True, exist_ok=True)
+    return (source, digits), paths
+
+
+def _python310():
+    import glob
+
+    roots = [os.environ.get("PYENV_ROOT") or str(Path.home() / ".pyenv")]
+    candidates = sorted(glob.glob(os.path.join(roots[0], "versions", "3.10*", "bin", "python")))
+    candidates += [shutil.which("python3.10") or ""]
+    for exe in filter(None, candidates):
+        if subprocess.run([exe, "-c", "import sys, venv; assert sys.version_info[:2] == (3, 10)"],
+                          capture_output=True).returncode == 0:
+            return exe
+    return None
+
+
+def _image_venv_key() -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in (ROOT / "requirements.lock", INSTALL_STEPS):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@pytest.fixture(scope="module")
+def image_env(tmp_path_factory):
+    """The image's environment, built by the Dockerfile's own install steps in a (cached) fresh venv:
+    {"python", "digits", "task_cwd", ...} (the paths of _image_tree's mirror of the image)."""
+    from privacy_audit.pipelines.kubeflow import IMAGE_DIGITS_DIR
+
+    (source, digits), paths = _image_tree(tmp_path_factory.mktemp("image") / "root")
+    assert paths["source"] == paths["run_cwd"] and digits == IMAGE_DIGITS_DIR, (source, digits)
+    venv = IMAGE_VENV_CACHE / f"image-venv-{_image_venv_key()}"
+    python = venv / "bin" / "python"
+    if not (venv / ".complete").exists():
+        base = _python310()
+        if base is None:
+            pytest.skip("no Python 3.10 (the image's) to build its environment in")
+        shutil.rmtree(venv, ignore_errors=True)
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([base, "-m", "venv", str(venv)], check=True, timeout=300)
+    else:  # as in a fresh image: the project comes from the steps below, never from an earlier run
+        subprocess.run([str(python), "-m", "pip", "uninstall", "-q", "-y", "privacy-audit"], capture_output=True)
+    env = {**os.environ, "PYTHON": str(python), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    proc = subprocess.run(["sh", str(paths["script"]), str(paths["source"]), str(paths["digits"])],
+                          capture_output=True, text=True, env=env, timeout=3600, cwd=str(paths["run_cwd"]))
+    assert proc.returncode == 0, f"the image's install steps failed:\n{_tail(proc.stdout, 1500)}\n{_tail(proc.stderr)}"
+    (venv / ".complete").touch()
+    # Where the tasks start (`python -m` puts that directory first on sys.path), the installed package is imported.
+    probe = subprocess.run([str(python), "-c", "import privacy_audit.components as c; print(c.__file__)"],
+                           capture_output=True, text=True, cwd=str(paths["task_cwd"]), env=_env())
+    assert probe.returncode == 0 and probe.stdout.startswith(str(venv)), probe.stdout + probe.stderr
+    return {"python": str(python), **paths}
+
+
+def _task_order(spec):
+    """Task names in an order that respects dependentTasks."""
+    tasks, done = spec["root"]["dag"]["tasks"], []
+    while len(done) < len(tasks):
+        ready = sorted(n for n, t in tasks.items() if n not in done and set(t.get("dependentTasks", [])) <= set(done))
+        assert ready, "dependency cycle"
+        done += ready
+    return done
+
+
+def _count_tfrecords(directory: Path) -> int:
+    """Records in GZIP TFRecord files, from the framing (uint64 length, 4-byte CRC, data, 4-byte CRC)."""
+    n = 0
+    for path in directory.iterdir():
+        data, pos = gzip.decompress(path.read_bytes()), 0
+        while pos < len(data):
+            (length,) = struct.unpack_from("<Q", data, pos)
+            pos += 12 + length + 4
+            n += 1
+    return n
+
+
+def _rdp_epsilon(ledger) -> float:
+    """ε of the steps the ledger records, computed here with dp-accounting's RDP accountant."""
+    import dp_accounting
+
+    accountant = dp_accounting.rdp.RdpAccountant()
+    for e in ledger["events"]:
+        accountant.compose(dp_accounting.PoissonSampledDpEvent(
+            e["sampling_probability"], dp_accounting.GaussianDpEvent(e["noise_multiplier"])), e["steps"])
+    return accountant.get_epsilon(ledger["delta"])
+
+
+@pytest.mark.slow
+def test_image_environment_runs_every_compiled_task(image_env, compiled, tmp_path):
+    """ExampleGen → trainers → evaluators → report, each task's compiled command line in the image's environment,
+    with a run's parameters as KFP resolves them: this week's data root, 2 epochs, the DP variant at ε = 2 and
+    the gate at AUC 0.6 (the compiled defaults: the image's digits, 40 epochs, ε = 1, no gate)."""
+    python, digits = image_env["python"], image_env["digits"]
+    _, spec = compiled
+    run_params = {"data_root": str(digits), "epochs": 2, TARGET_EPSILON_DP: 2.0, "max_auc": 0.6}
+    store, outputs = tmp_path / "gcs", {}
+    for name in _task_order(spec):
+        task, comp = _task_component(spec, name)
+        inputs = {k: outputs[(a["taskOutputArtifact"]["producerTask"], a["taskOutputArtifact"]["outputArtifactKey"])]
+                  for k, a in task["inputs"].get("artifacts", {}).items()}
+        uris = {k: str(store / name / k) for k in comp["outputDefinitions"]["artifacts"]}
+        executor_input = _executor_input(spec, name, inputs, uris, tmp_path / "kfp" / name / "output_metadata.json",
+                                         run_params=run_params, overrides=_local_store(spec, name, store))
+        out = _run_task(spec, name, executor_input, cwd=image_env["task_cwd"], timeout=1200, python=python)
+        for key, uri in uris.items():
+            [artifact] = out["artifacts"][key]["artifacts"]
+            outputs[(name, key)] = (uri, artifact.get("metadata", {}))
+
+    # ExampleGen read the run's data root: every digit, split into members and non-members.
+    from sklearn.datasets import load_digits
+
+    examples = store / "CsvExampleGen" / "examples"
+    counts = {s: _count_tfrecords(examples / f"Split-{s}") for s in ("train", "eval")}
+    assert sum(counts.values()) == len(load_digits().target) and min(counts.values()) > 0
+    # The trainers ran the run's 2 epochs; the DP variant was calibrated to the run's ε = 2.
+    for v in VARIANTS:
+        ledger = json.loads((store / _task("DPTrainer", v) / "model_run" / "ledger.json").read_text())
+        assert [e["epoch"] for e in ledger["epochs"]] == [1, 2], v
+        assert ledger["n_examples"] == counts["train"]
+    ledger = json.loads((store / TRAINER_DP / "model_run" / "ledger.json").read_text())
+    assert ledger["epsilon"] == pytest.approx(_rdp_epsilon(ledger), rel=1e-6)
+    assert 1.9 <= ledger["epsilon"] <= 2.0 + 1e-6  # not the compiled ε = 1
+    # Each evaluator gated at the run's max_auc = 0.6; the report carries the blessings and the worst AUCs.
+    summary = json.loads((store / "PrivacyReportGenerator" / "report" / "summary.json").read_text())
+    rows = {r["name"]: r for r in summary["variants"]}
+    for v in VARIANTS:
+        evaluator = store / _task("MembershipInferenceEvaluator", v)
+        final = json.loads((evaluator / "attack_results" / "results" / f"{v}_final.json").read_text())
+        blessing = json.loads((evaluator / "blessing" / "blessing.json").read_text())
+        assert blessing["thresholds"]["auc"] == 0.6
+        _assert_gated_at(blessing, final, max_auc=0.6)
+        assert rows[v]["blessed"] is blessing["blessed"]
+        assert rows[v]["max_auc"] == pytest.approx(max(r["auc"] for r in final["results"]))
+    assert (store / "PrivacyReportGenerator" / "report" / "report.html").is_file()

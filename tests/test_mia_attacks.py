@@ -82,7 +82,7 @@ def test_modified_entropy_matches_definition():
     ("empty_nonmembers", r"no nonmembers"),
     ("one_side", r"labels_members is set but labels_nonmembers is not"),
     ("float_labels", r"must be integer class indices"),
-    ("nothing", r"need loss_"),
+    ("nothing", r"need logits_\*/probs_\* \(labels_\* optional\), or loss_"),
     ("both", r"logits or probs, not both"),
 ])
 def test_bad_inputs(bad, match):
@@ -109,7 +109,7 @@ def test_bad_inputs(bad, match):
     elif bad == "float_labels":
         kw["labels_members"] = ym + 0.5
     elif bad == "nothing":
-        kw = dict(labels_members=None, logits_members=lm, logits_nonmembers=ln)
+        kw = dict(labels_members=ym, labels_nonmembers=yn)  # labels alone: nothing to attack
     elif bad == "both":
         kw["probs_members"], kw["probs_nonmembers"] = softmax(lm), softmax(ln)
     with pytest.raises(InputValidationError, match=match):

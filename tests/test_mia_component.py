@@ -164,7 +164,7 @@ def test_blessing_without_gate_is_blessed(pipeline_run):
         blessing = json.load(f)
     assert blessing["blessed"] is True and blessing["failures"] == [] and blessing["thresholds"] == {}
     assert os.path.exists(os.path.join(uri, "BLESSED")) and not os.path.exists(os.path.join(uri, "NOT_BLESSED"))
-    props = {a.uri: a.custom_properties for a in _artifacts(pipeline_run["db"], "privacy_audit.PrivacyBlessing")}
+    props = {a.uri: a.custom_properties for a in _artifacts(pipeline_run["db"], "ModelBlessing")}
     assert props[uri]["blessed"].int_value == 1
 
 
@@ -184,7 +184,7 @@ def test_gate_below_measured_auc_is_not_blessed_and_names_slices(pipeline_run):
     for f in blessing["failures"]:
         assert f["metric"] == "auc" and f["value"] > 0.5 and f["threshold"] == 0.5
     assert os.path.exists(os.path.join(uri, "NOT_BLESSED")) and not os.path.exists(os.path.join(uri, "BLESSED"))
-    props = {a.uri: a.custom_properties for a in _artifacts(pipeline_run["db"], "privacy_audit.PrivacyBlessing")}
+    props = {a.uri: a.custom_properties for a in _artifacts(pipeline_run["db"], "ModelBlessing")}
     assert props[uri]["blessed"].int_value == 0
     # Without a ModelRun, ε of the final model comes from the Model (none here) and per-example output is off.
     assert final["metadata"]["epsilon"] is None

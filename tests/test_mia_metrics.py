@@ -55,7 +55,9 @@ def test_separable_and_reversed():
     s = np.concatenate([np.linspace(5, 6, 100), np.linspace(0, 1, 120)])
     r = M.attack_metrics(s, y)
     assert r["auc"] == 1.0 and r["attacker_advantage"] == 1.0 and r["ppv"] == 1.0
-    assert r["tpr_at_fpr"]["0.01"] == 1.0 and r["tpr_at_fpr"]["0.001"] == 1.0
+    # 120 non-members resolve 1% FPR (1.2 false positives allowed) but not 0.1%: null, listed, no interval.
+    assert r["tpr_at_fpr"]["0.01"] == 1.0 and r["tpr_at_fpr"]["0.001"] is None
+    assert r["tpr_at_fpr_unresolved"] == ["0.001"] and r["tpr_at_fpr_interval"]["0.001"] is None
     r = M.attack_metrics(-s, y)
     assert r["auc"] == 0.0 and r["attacker_advantage"] == 1.0
 

@@ -85,7 +85,7 @@ def run(tmp_path_factory):
         with open(os.path.join(art.uri, "ledger.json")) as f:
             out[f"ledger_{name}"] = json.load(f)
         out[f"run_{name}"] = art
-    for art in _artifacts(db, "privacy_audit.PrivacyBlessing"):
+    for art in _artifacts(db, "ModelBlessing"):
         with open(os.path.join(art.uri, "blessing.json")) as f:
             blessing = json.load(f)
         blessing["markers"] = sorted(n for n in os.listdir(art.uri) if n in ("BLESSED", "NOT_BLESSED"))
@@ -137,5 +137,11 @@ def test_report_puts_the_audit_bound_beside_the_accountants_epsilon(run):
         assert rows[name]["one_run_audit"]["accountant_epsilon"] == pytest.approx(
             run[f"audit_{name}"]["accountant_epsilon"])
     assert rows["dp_ok"]["blessed"] is True and rows["dp_broken"]["blessed"] is False
+    # Issue 12: the broken run is not DP-consistent (its audit proves more than its ε), and the page says so.
+    assert rows["dp_broken"]["dp_consistent"] is False
+    assert any("the DP training is broken" in r for r in rows["dp_broken"]["dp_consistency"]["reasons"])
+    assert rows["dp_broken"]["one_run_audit"]["fdp_epsilon_lower_bound"] >= \
+        rows["dp_broken"]["one_run_audit"]["epsilon_lower_bound"]
+    assert "NOT DP-consistent" in run["html"]
     assert "One-run audit ε ≥" in run["html"] and "exceeds ε: DP broken" in run["html"]
     assert "the DP training is broken" in run["html"]

@@ -119,7 +119,12 @@ def _target_logits(model_uri, x):
     import keras
 
     model = keras.saving.load_model(os.path.join(model_uri, "keras", "model.keras"), compile=False)
-    return np.concatenate([np.asarray(model.predict_on_batch(x[i:i + 256])) for i in range(0, len(x), 256)])
+    # The evaluator computes logits in zero-padded batches of exactly 256 rows (float32 results depend on the
+    # batch shape); do the same here, by hand.
+    pad = (-len(x)) % 256
+    xp = np.concatenate([x, np.zeros((pad,) + x.shape[1:], dtype=x.dtype)])
+    return np.concatenate([np.asarray(model.predict_on_batch(xp[i:i + 256]))
+                           for i in range(0, len(xp), 256)])[:len(x)]
 
 
 def test_reference_attack_entries_equal_an_independent_recomputation(run):

@@ -138,7 +138,9 @@ def test_pipeline_writes_report_with_fixture_values_and_trend(tmp_path):
         assert rows[v]["test_accuracy"] == final["metadata"]["accuracy_test"]
         assert rows[v]["max_auc"] == max(r["auc"] for r in final["results"])
         assert rows[v]["max_attacker_advantage"] == max(r["attacker_advantage"] for r in final["results"])
-        assert rows[v]["max_tpr_at_fpr_0.001"] == max(r["tpr_at_fpr"]["0.001"] for r in final["results"])
+        # 90 non-members per slice cannot resolve 0.1% FPR: no headline number (issue 12).
+        assert all(r["n_nonmembers"] * 0.001 < 1 for r in final["results"])
+        assert rows[v]["max_tpr_at_fpr_0.001"] is None
         assert rows[v]["final_epoch"] == EPOCHS[-1] and rows[v]["evaluated_epochs"] == list(EPOCHS)
     assert rows["dp"]["epsilon"] == 2.5 and rows["non_private"]["epsilon"] is None
     assert rows["dp"]["blessed"] is True and rows["non_private"]["blessed"] is False

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import glob
 import hashlib
-import os
+import io as _pyio
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+from privacy_audit.components.common import io
 
 DIGITS_LABEL_KEY = "label"
 DIGITS_FEATURES = [f"pixel_{i:02d}" for i in range(64)]
@@ -40,15 +41,13 @@ def write_digits_csv(out_dir: str, n: Optional[int] = None, seed: int = 0) -> st
         if n <= 0 or n > len(y):
             raise ValueError(f"n must be in 1..{len(y)}, got {n}")
         order = order[:n]
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "digits.csv")
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(DIGITS_FEATURES + [DIGITS_LABEL_KEY])
-        for i in order:
-            w.writerow([f"{v:.4f}" for v in x[i]] + [int(y[i])])
-    os.replace(tmp, path)
+    path = io.join(out_dir, "digits.csv")
+    buf = _pyio.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(DIGITS_FEATURES + [DIGITS_LABEL_KEY])
+    for i in order:
+        w.writerow([f"{v:.4f}" for v in x[i]] + [int(y[i])])
+    io.write_text(path, buf.getvalue())
     return path
 
 
@@ -98,12 +97,12 @@ def _feature_values(feature) -> list:
 
 def split_file_pattern(examples_uri: str, split: str) -> str:
     """The file pattern of one split of a TFX Examples artifact (``Split-<name>/*``)."""
-    d = os.path.join(examples_uri, f"Split-{split}")
-    if not os.path.isdir(d):
-        have = sorted(p[len("Split-"):] for p in os.listdir(examples_uri) if p.startswith("Split-")) \
-            if os.path.isdir(examples_uri) else []
+    d = io.join(examples_uri, f"Split-{split}")
+    if not io.isdir(d):
+        have = sorted(p[len("Split-"):] for p in io.listdir(examples_uri) if p.startswith("Split-")) \
+            if io.isdir(examples_uri) else []
         raise ValueError(f"split {split!r} not found in examples at {examples_uri} (splits: {have})")
-    return os.path.join(d, "*")
+    return io.join(d, "*")
 
 
 def example_digest(record: bytes) -> bytes:
@@ -150,7 +149,16 @@ def parse_examples(serialized: Sequence[bytes], label_key: str,
     for i, row in enumerate(rows):
         lab = row.get(label_key)
         if lab is None or isinstance(lab, list):
-            raise ValueError(f"example {i} has no single value for label key {label_key!r}")
+            raise ValueError(f"example {i} of the split (in reading order) has {'no' if not lab else 'several'} "
+                             f"value(s) for the label {label_key!r}: every example needs exactly one (an empty "
+                             "label cell in a CSV row; `privacy-audit run` names the file and row of CSV data)")
+        if isinstance(lab, bytes):
+            raise ValueError(f"the label {label_key!r} holds strings (example {i}: {lab[:40]!r}); the label must be "
+                             "an integer class index 0..K-1: map the strings to integers first (e.g. cat → 0, "
+                             "dog → 1)")
+        if float(lab) != int(lab) or lab < 0:
+            raise ValueError(f"the label {label_key!r} holds {lab!r} (example {i}); the label must be an integer "
+                             "class index 0..K-1")
         y[i] = int(lab)
         for j, k in enumerate(keys):
             v = row.get(k)
@@ -176,7 +184,7 @@ def read_serialized(file_pattern: str) -> List[bytes]:
     """All serialized records of the GZIP TFRecord files matching ``file_pattern``, in file-name order."""
     import tensorflow as tf
 
-    files = sorted(glob.glob(file_pattern))
+    files = io.glob(file_pattern)
     if not files:
         raise ValueError(f"no files match {file_pattern}")
     ds = tf.data.TFRecordDataset(files, compression_type="GZIP")

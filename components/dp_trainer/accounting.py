@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
+import numbers
 import warnings
 from typing import Dict, List, Optional
 
@@ -28,47 +28,103 @@ LEDGER_SCHEMA_VERSION = 1
 RDP_ORDERS = ([1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512])
 # 1e-4 reproduces published PLD figures to 3 decimals (2.382 for q=256/60000, σ=1.1, 60 epochs) in ~1 s.
 PLD_DISCRETIZATION = 1e-4
+# dp-accounting's PLD lives on a dense grid of privacy-loss values PLD_DISCRETIZATION apart. Building one
+# step's grid runs a Python loop (~40 µs a point here), composing it runs an FFT over the composed grid
+# (~2 µs and at most ~64 bytes a point at its peak). Small σ widens a step's loss range (~1/(2σ²)) and many
+# steps widen the composition, up to hours of work or allocations of PiB. The rule: PLD runs only while
+# PLD_STEP_POINT_WORK × (step grid points) + (composed grid points) <= PLD_MAX_WORK, sizes computed before
+# anything is allocated (MNIST's 60 epochs: 0.97e6); past it ε comes from RDP with a note. A calibration
+# (noise multiplier for a target ε) shares one such budget over all the ε it evaluates. So every accountant
+# call answers within seconds and a few hundred MB (benchmarks/accountant_bounds.py measures it).
+PLD_STEP_POINT_WORK = 20
+PLD_MAX_WORK = 1_200_000
+# dp-accounting's default tail mass truncated when a PLD is composed with itself.
+_PLD_TAIL_MASS_TRUNCATION = 1e-15
+
+
+class PLDTooLargeError(Exception):
+    """The PLD accountant's work for these settings would exceed PLD_MAX_WORK (see there)."""
+
+
+class AccountantFallbackWarning(UserWarning):
+    """PLD was asked for but its grid would be too large: ε comes from RDP (a valid, looser upper bound)."""
+
+
+def _is_number(v) -> bool:
+    # numbers.Real takes numpy's scalars too; a bool is a number to Python but never a count or a rate here.
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and type(v).__name__ != "bool_"
+
+
+def _check_int(name: str, value, lo: int) -> None:
+    if not _is_number(value) or not math.isfinite(value) or value != int(value) or value < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
 
 
 def validate_dp_params(*, n_examples: Optional[int] = None, batch_size: Optional[int] = None,
                        noise_multiplier: Optional[float] = None, l2_norm_clip: Optional[float] = None,
                        delta: Optional[float] = None, epochs: Optional[float] = None,
-                       target_epsilon: Optional[float] = None) -> None:
-    """Raises ValueError naming the first invalid DP parameter; warns when δ > 1/n."""
-    if n_examples is not None and n_examples <= 0:
-        raise ValueError(f"the training split has no examples (n_examples={n_examples})")
+                       target_epsilon: Optional[float] = None, steps: Optional[int] = None) -> None:
+    """Raises ValueError naming the first invalid DP parameter (NaN and ±inf included); δ ≥ 1/n is refused."""
+    if n_examples is not None:
+        if not _is_number(n_examples) or n_examples <= 0:
+            raise ValueError(f"the training split has no examples (n_examples={n_examples!r})")
+        _check_int("n_examples", n_examples, 1)
     if batch_size is not None:
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        _check_int("batch_size", batch_size, 1)
         if n_examples is not None and batch_size > n_examples:
             raise ValueError(f"batch_size {batch_size} is larger than the number of training examples "
                              f"{n_examples}")
-    if noise_multiplier is not None and (not math.isfinite(noise_multiplier) or noise_multiplier < 0):
-        raise ValueError(f"noise_multiplier must be a finite number >= 0, got {noise_multiplier}")
-    if l2_norm_clip is not None and (not math.isfinite(l2_norm_clip) or l2_norm_clip <= 0):
-        raise ValueError(f"l2_norm_clip must be > 0, got {l2_norm_clip}")
+    if noise_multiplier is not None and (not _is_number(noise_multiplier) or not math.isfinite(noise_multiplier)
+                                         or noise_multiplier < 0):
+        raise ValueError(f"noise_multiplier must be a finite number >= 0, got {noise_multiplier!r}")
+    if l2_norm_clip is not None and (not _is_number(l2_norm_clip) or not math.isfinite(l2_norm_clip)
+                                     or l2_norm_clip <= 0):
+        raise ValueError(f"l2_norm_clip must be a finite number > 0, got {l2_norm_clip!r}")
     if delta is not None:
-        if not (0 < delta < 1):
-            raise ValueError(f"delta must be in (0, 1), got {delta}")
-        if n_examples is not None and delta > 1.0 / n_examples:
-            warnings.warn(f"delta={delta} is larger than 1/n = {1.0 / n_examples:.3g}: such a δ allows "
-                          "releasing individual examples; use delta <= 1/n", stacklevel=3)
-    if epochs is not None and epochs <= 0:
-        raise ValueError(f"epochs must be positive, got {epochs}")
-    if target_epsilon is not None and (not math.isfinite(target_epsilon) or target_epsilon <= 0):
-        raise ValueError(f"target_epsilon must be > 0, got {target_epsilon}")
+        check_delta(delta, n_examples)
+    if epochs is not None and (not _is_number(epochs) or not math.isfinite(epochs) or epochs <= 0):
+        raise ValueError(f"epochs must be a finite number > 0, got {epochs!r}")
+    if steps is not None:
+        _check_int("steps", steps, 0)
+    if target_epsilon is not None and (not _is_number(target_epsilon) or not math.isfinite(target_epsilon)
+                                       or target_epsilon <= 0):
+        raise ValueError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")
+
+
+def check_delta(delta: float, n_examples: Optional[int] = None) -> None:
+    """Raises ValueError unless 0 < δ < 1 and, given the training set size n, δ < 1/n.
+
+    Why δ < 1/n: (ε, δ)-DP allows a mechanism that releases each training example outright with probability
+    δ; with δ ≥ 1/n that is about one whole example of every training set, which is no guarantee at all.
+    Guidance asks for δ orders of magnitude below 1/n (TF Privacy "1e-7 or so"; 1/n^1.1 or less), hence
+    :func:`default_delta`.
+    """
+    if not _is_number(delta) or not (0 < delta < 1):
+        raise ValueError(f"delta must be a number in (0, 1), got {delta!r}")
+    if n_examples is not None and delta >= 1.0 / n_examples:
+        raise ValueError(f"delta={delta:g} is not below 1/N = 1/{n_examples} = {1.0 / n_examples:.3g}: (ε, δ)-DP "
+                         f"with δ >= 1/N allows releasing about one training example outright, so it guarantees "
+                         f"nothing; use delta <= {default_delta(n_examples):g} (the default, the largest power of "
+                         f"ten not above 1/N^1.1) or smaller")
 
 
 def default_delta(n_examples: int) -> float:
-    """δ = 1/n rounded down to a power of ten (1198 examples → 1e-4)."""
-    if n_examples <= 0:
-        raise ValueError(f"n_examples must be positive, got {n_examples}")
-    return 10.0 ** math.floor(math.log10(1.0 / n_examples))
+    """The default δ for n training examples: the largest power of ten not above 1/n^1.1 (924 → 1e-4,
+    60,000 → 1e-6), well below 1/n as DP guidance asks (see :func:`check_delta`); for n = 1, 0.1."""
+    if not _is_number(n_examples) or n_examples <= 0:
+        raise ValueError(f"n_examples must be positive, got {n_examples!r}")
+    # The tolerance keeps exact powers (n = 10^10: 1/n^1.1 = 1e-11) from rounding down one decade.
+    exponent = math.floor(-1.1 * math.log10(n_examples) + 1e-9)
+    return 10.0 ** min(exponent, -1)
 
 
 def steps_for_epochs(n_examples: int, batch_size: int, epochs: float) -> int:
     """Number of Poisson-sampled steps for ``epochs`` passes: ceil(epochs * n / batch_size)."""
-    return int(math.ceil(epochs * n_examples / batch_size))
+    validate_dp_params(n_examples=n_examples, batch_size=batch_size, epochs=epochs)
+    steps = epochs * n_examples / batch_size
+    if not math.isfinite(steps):
+        raise ValueError(f"epochs={epochs:g} x n={n_examples} / batch_size={batch_size} steps is too large to count")
+    return int(math.ceil(steps))
 
 
 def dp_sgd_event(sampling_probability: float, noise_multiplier: float, steps: int) -> dp_accounting.DpEvent:
@@ -88,12 +144,158 @@ def make_accountant(accountant: str = "rdp"):
     raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
 
 
-def epsilon_for_events(events: List[dp_accounting.DpEvent], delta: float, accountant: str = "rdp") -> float:
-    """ε at ``delta`` of the composition of ``events``."""
+def _pld_step_points(q: float, sigma: float) -> int:
+    """Grid points of one step's PLD (the wider of its remove and add halves), from the loss range alone."""
+    from dp_accounting.pld import privacy_loss_mechanism as plm
+
+    points = 0
+    for adjacency in (plm.AdjacencyType.REMOVE, plm.AdjacencyType.ADD):
+        bounds = plm.GaussianPrivacyLoss(sigma, sampling_prob=q, adjacency_type=adjacency).connect_dots_bounds()
+        width = (bounds.epsilon_upper - bounds.epsilon_lower) / PLD_DISCRETIZATION
+        points = max(points, int(min(width, 1e18)) + 2 if math.isfinite(width) else 10 ** 18)
+    return points
+
+
+def _pld_composed_points(single, steps: int) -> int:
+    """Grid points of ``single`` composed ``steps`` times, as dp-accounting's Chernoff-truncated FFT sizes it."""
+    from dp_accounting.pld import common
+
+    points = 0
+    for pmf in (single._pmf_remove, single._pmf_add):  # dp-accounting 0.6 keeps no public accessor
+        probs = pmf.to_dense_pmf()._probs
+        lo, hi = common.compute_self_convolve_bounds(probs, int(steps), _PLD_TAIL_MASS_TRUNCATION)
+        points = max(points, hi - lo + 1, len(probs))
+    return points
+
+
+class _Work:
+    """A budget of PLD work points (see PLD_MAX_WORK), spent as grids are sized, before they are built."""
+
+    def __init__(self, limit: float = PLD_MAX_WORK):
+        self.limit, self.spent = limit, 0.0
+
+    def spend(self, points: float, what: str, q: float, sigma: float, steps: int) -> None:
+        if self.spent + points > self.limit:
+            raise PLDTooLargeError(
+                f"the PLD accountant would need {what} (~{self.spent + points:.3g} work points, limit "
+                f"{self.limit:.3g}) for noise_multiplier={sigma:g}, q={q:.4g}, steps={steps}")
+        self.spent += points
+
+
+def compose_pld(runs: List[tuple], work: Optional[_Work] = None):
+    """The PLD (dp-accounting PrivacyLossDistribution, or None for no steps) of the composition of
+    Poisson-sampled Gaussian runs ``(q, sigma, steps)`` with σ > 0.
+
+    Raises PLDTooLargeError, before building or composing anything too large, when the work would exceed
+    ``work`` (default: a fresh PLD_MAX_WORK budget). Same distribution as dp-accounting's PLDAccountant builds
+    (same discretisation and truncation).
+    """
+    from dp_accounting.pld import privacy_loss_distribution as pld_lib
+
+    work = work or _Work()
+    total = None
+    for q, sigma, steps in runs:
+        if steps == 0:
+            continue
+        step_points = _pld_step_points(q, sigma)
+        work.spend(PLD_STEP_POINT_WORK * step_points, f"a step grid of {step_points:.3g} points", q, sigma, steps)
+        single = pld_lib.from_gaussian_mechanism(sigma, value_discretization_interval=PLD_DISCRETIZATION,
+                                                 sampling_prob=q)
+        if steps > 1:
+            points = _pld_composed_points(single, steps)
+            work.spend(points, f"a composition of {steps} steps on {points:.3g} grid points", q, sigma, steps)
+        composed = single.self_compose(int(steps)) if steps > 1 else single
+        total = composed if total is None else total.compose(composed)
+    return total
+
+
+def pld_epsilon(runs: List[tuple], delta: float, work: Optional[_Work] = None) -> float:
+    """ε at ``delta`` by PLD of the composition of Poisson-sampled Gaussian runs ``(q, sigma, steps)``
+    (PLDTooLargeError past the work bound: see :func:`compose_pld`)."""
+    key = (tuple(runs), float(delta))
+    if key in _PLD_MEMO:  # calibration's last ε is asked again by the caller: no second bill
+        return _PLD_MEMO[key]
+    if any(sigma == 0 and steps for _, sigma, steps in runs):
+        return math.inf
+    total = compose_pld(runs, work)
+    eps = 0.0 if total is None else float(total.get_epsilon_for_delta(delta))
+    if len(_PLD_MEMO) >= 64:
+        _PLD_MEMO.clear()
+    _PLD_MEMO[key] = eps
+    return eps
+
+
+class _ComposedPLD:
+    """``get_epsilon(delta)`` of a composed PLD, like a dp-accounting accountant's."""
+
+    def __init__(self, pld):
+        self._pld = pld
+
+    def get_epsilon(self, delta: float) -> float:
+        return 0.0 if self._pld is None else float(self._pld.get_epsilon_for_delta(delta))
+
+
+def composed_accountant(events: List[dp_accounting.DpEvent], accountant: str = "rdp") -> tuple:
+    """(object with ``get_epsilon(delta)``, accountant used, note) for the composition of ``events``: for
+    many δ of one composition (a privacy profile). PLD obeys the work bound; past it RDP is used and
+    ``note`` says why (as :func:`epsilon_and_accountant`)."""
+    runs = _gaussian_runs(events) if accountant == "pld" else None
+    if runs is not None and not any(sigma == 0 and steps for _, sigma, steps in runs):
+        try:
+            return _ComposedPLD(compose_pld(runs)), "pld", None
+        except PLDTooLargeError as e:
+            note = f"{e}: ε from the RDP accountant instead (a valid, looser upper bound)"
+            return composed_accountant(events, "rdp")[0], "rdp", note
     acc = make_accountant(accountant)
     for e in events:
         acc.compose(e)
-    return float(acc.get_epsilon(delta))
+    return acc, accountant, None
+
+
+_PLD_MEMO: Dict[tuple, float] = {}
+
+
+def _gaussian_runs(events: List[dp_accounting.DpEvent]) -> Optional[List[tuple]]:
+    """``(q, sigma, steps)`` of each Poisson-sampled Gaussian event; None when another kind is present."""
+    runs = []
+    for e in events:
+        count = 1
+        if isinstance(e, dp_accounting.SelfComposedDpEvent):
+            e, count = e.event, e.count
+        if not (isinstance(e, dp_accounting.PoissonSampledDpEvent)
+                and isinstance(e.event, dp_accounting.GaussianDpEvent)):
+            return None
+        runs.append((float(e.sampling_probability), float(e.event.noise_multiplier), int(count)))
+    return runs
+
+
+def epsilon_and_accountant(events: List[dp_accounting.DpEvent], delta: float,
+                           accountant: str = "rdp", work: Optional[_Work] = None) -> tuple:
+    """(ε, accountant used, note) at ``delta`` for the composition of ``events``.
+
+    With ``accountant="pld"`` and settings past the PLD work bound (PLD_MAX_WORK), ε comes from RDP,
+    which is also a valid (looser) upper bound: the accountant used is then "rdp" and ``note`` says why.
+    """
+    if accountant == "pld":
+        runs = _gaussian_runs(events)
+        if runs is not None:
+            try:
+                return pld_epsilon(runs, delta, work), "pld", None
+            except PLDTooLargeError as e:
+                note = f"{e}: ε from the RDP accountant instead (a valid, looser upper bound)"
+                return epsilon_and_accountant(events, delta, "rdp")[0], "rdp", note
+    acc = make_accountant(accountant)
+    for e in events:
+        acc.compose(e)
+    return float(acc.get_epsilon(delta)), accountant, None
+
+
+def epsilon_for_events(events: List[dp_accounting.DpEvent], delta: float, accountant: str = "rdp") -> float:
+    """ε at ``delta`` of the composition of ``events`` (warns AccountantFallbackWarning when PLD falls back)."""
+    eps, _, note = epsilon_and_accountant(events, delta, accountant)
+    if note:
+        warnings.warn(note, AccountantFallbackWarning, stacklevel=2)
+    return eps
 
 
 def compute_epsilon(*, n_examples: int, batch_size: int, noise_multiplier: float, delta: float,
@@ -102,7 +304,7 @@ def compute_epsilon(*, n_examples: int, batch_size: int, noise_multiplier: float
     """ε of DP-SGD with Poisson sampling (q = batch_size / n_examples) after ``steps`` steps
     (or ``epochs`` epochs → ceil(epochs * n / batch_size) steps). σ = 0 gives ∞."""
     validate_dp_params(n_examples=n_examples, batch_size=batch_size, noise_multiplier=noise_multiplier,
-                       delta=delta, epochs=epochs)
+                       delta=delta, epochs=epochs, steps=steps)
     if steps is None:
         if epochs is None:
             raise ValueError("give epochs or steps")
@@ -115,23 +317,87 @@ def compute_epsilon(*, n_examples: int, batch_size: int, noise_multiplier: float
     return epsilon_for_events([dp_sgd_event(q, noise_multiplier, steps)], delta, accountant)
 
 
-def noise_multiplier_for_epsilon(*, target_epsilon: float, n_examples: int, batch_size: int, delta: float,
-                                 epochs: Optional[float] = None, steps: Optional[int] = None,
-                                 accountant: str = "rdp", tol: float = 1e-4) -> float:
-    """The smallest noise multiplier whose ε (for the given run) is at most ``target_epsilon``."""
+class _BoundedAccountant:
+    """dp-accounting's accountant interface (``ledger``, ``compose``, ``get_epsilon``) for calibration: PLD
+    through :func:`pld_epsilon` on a shared work budget (PLDTooLargeError when spent), RDP as dp-accounting's."""
+
+    def __init__(self, accountant: str, work: Optional[_Work] = None):
+        self.ledger = dp_accounting.NoOpDpEvent()
+        self._accountant, self._work = accountant, work
+        self._events: List[dp_accounting.DpEvent] = []
+
+    def compose(self, event: dp_accounting.DpEvent, count: int = 1) -> "_BoundedAccountant":
+        self._events.append(event if count == 1 else dp_accounting.SelfComposedDpEvent(event, count))
+        self.ledger = dp_accounting.ComposedDpEvent(list(self._events))
+        return self
+
+    def get_epsilon(self, delta: float) -> float:
+        if self._accountant == "pld":
+            return pld_epsilon(_gaussian_runs(self._events), delta, self._work)
+        return epsilon_and_accountant(self._events, delta, self._accountant)[0]
+
+
+def _calibrate(q: float, steps: int, target_epsilon: float, delta: float, accountant: str, bracket, tol: float,
+               work: Optional[_Work] = None) -> float:
+    """σ by dp-accounting's root finder over log σ: a relative tolerance ``tol`` takes ~10 evaluations
+    whether σ is 0.01 or 10^4 (RDP of a large q costs up to ~1 s an evaluation, so their number matters)."""
+    log_bracket = (dp_accounting.LowerEndpointAndGuess(math.log(bracket.lower_endpoint),
+                                                       math.log(bracket.initial_guess))
+                   if isinstance(bracket, dp_accounting.LowerEndpointAndGuess) else
+                   dp_accounting.ExplicitBracketInterval(math.log(bracket.endpoint_1), math.log(bracket.endpoint_2)))
+    log_sigma = dp_accounting.calibrate_dp_mechanism(
+        lambda: _BoundedAccountant(accountant, work), lambda x: dp_sgd_event(q, math.exp(x), steps),
+        target_epsilon, delta, bracket_interval=log_bracket, tol=math.log1p(tol))
+    return float(math.exp(log_sigma))
+
+
+def calibrate_noise(*, target_epsilon: float, n_examples: int, batch_size: int, delta: float,
+                    epochs: Optional[float] = None, steps: Optional[int] = None, accountant: str = "rdp",
+                    tol: float = 1e-4) -> tuple:
+    """(σ, accountant used, note): the smallest noise multiplier whose ε (for the given run) is at most
+    ``target_epsilon``, within ``tol``. A PLD calibration spends one PLD_MAX_WORK budget over all the ε it
+    evaluates; past it σ comes from RDP (valid, slightly larger), and ``note`` says so."""
     validate_dp_params(n_examples=n_examples, batch_size=batch_size, delta=delta, epochs=epochs,
-                       target_epsilon=target_epsilon)
+                       target_epsilon=target_epsilon, steps=steps)
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
     if steps is None:
         if epochs is None:
             raise ValueError("give epochs or steps")
         steps = steps_for_epochs(n_examples, batch_size, epochs)
+    if steps == 0:
+        raise ValueError("no training steps: every noise multiplier gives ε = 0; nothing to calibrate")
     q = batch_size / n_examples
-    return float(dp_accounting.calibrate_dp_mechanism(
-        lambda: make_accountant(accountant),
-        lambda sigma: dp_sgd_event(q, sigma, steps),
-        target_epsilon, delta,
-        bracket_interval=dp_accounting.LowerEndpointAndGuess(1e-3, 1.0),
-        tol=tol))
+    rdp_sigma = _calibrate(q, steps, target_epsilon, delta, "rdp", dp_accounting.LowerEndpointAndGuess(1e-3, 1.0),
+                           tol)
+    if accountant == "rdp":
+        return rdp_sigma, "rdp", None
+    work = _Work()
+    try:
+        # PLD is tighter than RDP, so RDP's σ is (nearly always) the upper end of the search: a narrow
+        # bracket keeps the number of PLD evaluations small.
+        hi = rdp_sigma + tol
+        if _BoundedAccountant("pld", work).compose(dp_sgd_event(q, hi, steps)).get_epsilon(delta) > target_epsilon:
+            bracket = dp_accounting.LowerEndpointAndGuess(hi, 2 * hi)
+        else:
+            bracket = dp_accounting.ExplicitBracketInterval(hi / 4, hi)
+        return _calibrate(q, steps, target_epsilon, delta, "pld", bracket, tol, work), "pld", None
+    except (PLDTooLargeError, ValueError) as e:  # noqa: B014 - two different causes
+        # ValueError: the PLD σ lies below RDP's / 4 (brentq finds no sign change there); RDP's σ still holds.
+        return rdp_sigma, "rdp", f"{e}: noise multiplier calibrated with the RDP accountant instead (valid, " \
+                                 "slightly more noise)"
+
+
+def noise_multiplier_for_epsilon(*, target_epsilon: float, n_examples: int, batch_size: int, delta: float,
+                                 epochs: Optional[float] = None, steps: Optional[int] = None,
+                                 accountant: str = "rdp", tol: float = 1e-4) -> float:
+    """The smallest noise multiplier whose ε (for the given run) is at most ``target_epsilon`` (see
+    :func:`calibrate_noise`; warns AccountantFallbackWarning when PLD falls back to RDP)."""
+    sigma, _, note = calibrate_noise(target_epsilon=target_epsilon, n_examples=n_examples, batch_size=batch_size,
+                                     delta=delta, epochs=epochs, steps=steps, accountant=accountant, tol=tol)
+    if note:
+        warnings.warn(note, AccountantFallbackWarning, stacklevel=2)
+    return sigma
 
 
 @dataclasses.dataclass
@@ -171,6 +437,8 @@ class PrivacyLedger:
         self.target_epsilon = target_epsilon if private else None
         self.extra = dict(extra or {})
         self.events: List[Dict] = []
+        # Set when PLD was asked for but past its work bound: ε then comes from RDP, and the ledger says so.
+        self.accountant_note: Optional[str] = None
         self.epochs: List[EpochRecord] = []
         self.steps = 0
 
@@ -204,7 +472,11 @@ class PrivacyLedger:
             return math.inf
         if not self.events:
             return 0.0
-        return epsilon_for_events(self.dp_events(), self.delta, self.accountant)
+        eps, used, note = epsilon_and_accountant(self.dp_events(), self.delta, self.accountant)
+        if note and note != self.accountant_note:
+            warnings.warn(f"[{self.model_variant}] {note}", AccountantFallbackWarning, stacklevel=2)
+        self.accountant_note = note
+        return eps
 
     def end_epoch(self, epoch: int, **stats) -> EpochRecord:
         """Closes an epoch: records ε so far with the epoch's training statistics."""
@@ -228,6 +500,7 @@ class PrivacyLedger:
             "l2_norm_clip": self.l2_norm_clip,
             "delta": self.delta,
             "accountant": self.accountant,
+            **({"accountant_used": "rdp", "accountant_note": self.accountant_note} if self.accountant_note else {}),
             "target_epsilon": self.target_epsilon,
             "events": [dict(e) for e in self.events],
             "epochs": [_finite_or_none(dataclasses.asdict(r)) for r in self.epochs],
@@ -255,19 +528,17 @@ def _finite_or_none(d: Dict) -> Dict:
 
 
 def write_json_atomic(path: str, obj) -> None:
-    """Writes JSON to a temporary name beside ``path`` and moves it into place."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Writes JSON to a temporary name beside ``path`` and moves it into place (any scheme: common.io)."""
+    from privacy_audit.components.common import io
+
+    io.write_json(path, obj)
 
 
 def read_ledger(path: str) -> Dict:
     """Reads a ledger JSON, checking its schema version."""
-    with open(path) as f:
-        obj = json.load(f)
+    from privacy_audit.components.common import io
+
+    obj = io.read_json(path)
     if obj.get("schema_version") != LEDGER_SCHEMA_VERSION:
         raise ValueError(f"{path}: unsupported ledger schema_version {obj.get('schema_version')!r}")
     return obj

@@ -12,6 +12,7 @@ from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
+from privacy_audit.components.common.runtime_values import as_property, compile_time_value
 from privacy_audit.components.dp_trainer import executor
 
 
@@ -78,12 +79,14 @@ class DPTrainer(base_component.BaseComponent):
                  audit_canaries: int = 0):
         from privacy_audit.components.dp_trainer.trainer import DPTrainingConfig
 
-        # Checked here so that a pipeline with bad settings fails when it is built, not hours later.
-        DPTrainingConfig(label_key=label_key, model_variant=model_variant, private=private, epochs=epochs,
-                         batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer,
-                         l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
-                         target_epsilon=target_epsilon, delta=delta, sampling=sampling, accountant=accountant,
-                         checkpoint_every=checkpoint_every, seed=seed, audit_canaries=audit_canaries).validate()
+        # Checked here so that a pipeline with bad settings fails when it is built, not hours later. epochs and
+        # target_epsilon may be Kubeflow run-time parameters (RuntimeParameter): their defaults are checked.
+        DPTrainingConfig(label_key=label_key, model_variant=model_variant, private=private,
+                         epochs=compile_time_value(epochs), batch_size=batch_size, learning_rate=learning_rate,
+                         optimizer=optimizer, l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
+                         target_epsilon=compile_time_value(target_epsilon), delta=delta, sampling=sampling,
+                         accountant=accountant, checkpoint_every=checkpoint_every, seed=seed,
+                         audit_canaries=audit_canaries).validate()
         module_sha = None
         if module_file:
             if not os.path.isfile(module_file):
@@ -96,7 +99,7 @@ class DPTrainer(base_component.BaseComponent):
             epochs=epochs, batch_size=batch_size, learning_rate=float(learning_rate), optimizer=optimizer,
             private=int(bool(private)), l2_norm_clip=float(l2_norm_clip),
             noise_multiplier=None if noise_multiplier is None else float(noise_multiplier),
-            target_epsilon=None if target_epsilon is None else float(target_epsilon),
+            target_epsilon=as_property(target_epsilon, float),
             delta=None if delta is None else float(delta), sampling=sampling, accountant=accountant,
             checkpoint_every=checkpoint_every, seed=seed,
             module_file=os.path.abspath(module_file) if module_file else None, module_file_sha256=module_sha,

@@ -505,9 +505,11 @@ class DPStep:
         return getattr(self, name)(*args)
 
     def _stats(self, y, logits, losses, mask):
+        # "outputs" (the forward pass's logits) lets a Keras train_step update compiled metrics
+        # without a second forward pass; the eager API drops it.
         return {"loss_sum": tf.reduce_sum(losses),
                 "correct": tf.reduce_sum(_correct(y, logits) * mask),
-                "count": tf.reduce_sum(mask)}
+                "count": tf.reduce_sum(mask), "outputs": logits}
 
     def _masked_losses(self, y, logits, mask):
         losses = _checked_losses(self._loss_fn, y, logits)
@@ -613,9 +615,21 @@ class DPStep:
         self._step.assign_add(1)
 
     def _train_step(self, x, y, mask):
-        grads, stats = self._sum_fn(x, y, mask)
-        self._apply(grads, stats["count"])
+        stats, _ = self.step_in_graph(x, y, mask)
         return stats
+
+    def step_in_graph(self, x, y, mask):
+        """One optimizer step for use inside a caller's ``tf.function`` (a Keras ``train_step``).
+
+        The same compiled gradient function, noise and update as :meth:`__call__`, so both paths give
+        identical weights. Returns ``(stats, outputs)``: the ``loss_sum``/``correct``/``count`` tensors
+        and the model outputs ``[P, ...]`` of the forward pass (weights before the update).
+        """
+        grads, stats = self._traced("_sum_fn", x, y, mask)
+        stats = dict(stats)
+        outputs = stats.pop("outputs")
+        self._apply(grads, stats["count"])
+        return stats, outputs
 
 
 def expected_noise_std(l2_norm_clip: float, noise_multiplier: float,

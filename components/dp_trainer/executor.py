@@ -15,15 +15,13 @@ from privacy_audit.components.dp_trainer.trainer import DPTrainingConfig, train
 
 
 def _read_audit(run_dir: str):
-    import os
-
+    from privacy_audit.components.common import io
     from privacy_audit.components.dp_trainer.trainer import ONE_RUN_AUDIT_FILE
 
-    path = os.path.join(run_dir, ONE_RUN_AUDIT_FILE)
-    if not os.path.exists(path):
+    path = io.join(run_dir, ONE_RUN_AUDIT_FILE)
+    if not io.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return io.read_json(path)
 
 
 def training_config(p: Dict[str, Any], seed_key: str = "seed") -> DPTrainingConfig:

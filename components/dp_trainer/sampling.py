@@ -105,6 +105,16 @@ class PoissonSampler(_SamplerBase):
         for _ in range(self.steps_per_epoch):
             yield np.flatnonzero(rng.random(self.n_examples) < self.sampling_probability)
 
+    def batch_at(self, epoch_index: int, step: int) -> np.ndarray:
+        """The sorted int64 indices of step ``step`` of epoch ``epoch_index``, by random access.
+
+        Each (seed, epoch, step) has its own generator, so a data loader that reads batches in any
+        order, or twice (Keras peeks at batches to infer shapes), gets the same batch. It is a
+        different stream from :meth:`epoch`; both are independent Poisson draws with rate q.
+        """
+        rng = np.random.default_rng([self.seed, int(epoch_index), int(step), 0x706F6973])
+        return np.flatnonzero(rng.random(self.n_examples) < self.sampling_probability)
+
 
 class ShuffleSampler(_SamplerBase):
     """Fixed-size batches from a fresh permutation each epoch (every example once).
@@ -132,6 +142,12 @@ class ShuffleSampler(_SamplerBase):
         order = rng.permutation(self.n_examples)
         for start in range(0, self.n_examples, self.expected_batch_size):
             yield order[start:start + self.expected_batch_size]
+
+    def batch_at(self, epoch_index: int, step: int) -> np.ndarray:
+        """Step ``step`` of epoch ``epoch_index`` (the same batches as :meth:`epoch`)."""
+        rng = np.random.default_rng([self.seed, int(epoch_index)])
+        start = int(step) * self.expected_batch_size
+        return rng.permutation(self.n_examples)[start:start + self.expected_batch_size]
 
 
 def make_sampler(sampling: str, n_examples: int, expected_batch_size: int, seed: int = 0,

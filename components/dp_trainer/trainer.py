@@ -22,13 +22,12 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import shutil
 import time
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from privacy_audit.components.common import io
 from privacy_audit.components.dp_trainer import accounting
 
 logger = logging.getLogger(__name__)
@@ -43,7 +42,7 @@ class DPTrainingConfig:
 
     private=False trains the same model without clipping or noise (a baseline). With private=True give
     either ``noise_multiplier`` or ``target_epsilon`` (then σ is calibrated for ``epochs``).
-    ``delta`` defaults to 1/N rounded down to a power of ten. ``checkpoint_every``: save the full model
+    ``delta`` defaults to the largest power of ten not above 1/N^1.1 (δ >= 1/N is refused). ``checkpoint_every``: save the full model
     every k epochs (and after the last one); 0 disables per-epoch checkpoints.
     """
     model_variant: str = "model"
@@ -146,9 +145,9 @@ class _TensorBoard:
 
 
 def _save_keras_atomic(model, path: str) -> None:
-    tmp = path[:-len(".keras")] + f".tmp-{os.getpid()}.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
+    # Keras wants a file name ending in .keras: saved locally, then moved or uploaded in one piece.
+    with io.local_file(path, suffix=".keras") as tmp:
+        model.save(tmp)
 
 
 def train(config: DPTrainingConfig, x: np.ndarray, y: np.ndarray, *, model_dir: str, run_dir: str,
@@ -173,6 +172,10 @@ def train(config: DPTrainingConfig, x: np.ndarray, y: np.ndarray, *, model_dir: 
                          "example(s) have NaN or infinite features")
     if (y < 0).any():
         raise ValueError("labels must be non-negative class indices")
+    if len(np.unique(y)) < 2:
+        # Issue 15: a one-class model is "accurate" and unattackable by construction; its audit would bless it.
+        raise ValueError(f"the training examples hold a single class ({int(y[0])}): membership inference and "
+                         "accuracy are meaningless with one class; give data with at least two classes")
     num_classes = int(num_classes or (int(y.max()) + 1))
     if y.max() >= num_classes:
         raise ValueError(f"label {int(y.max())} is outside the {num_classes} classes")
@@ -188,10 +191,10 @@ def train(config: DPTrainingConfig, x: np.ndarray, y: np.ndarray, *, model_dir: 
         # A non-private baseline may keep layers that mix examples (BatchNormalization).
         dp_step.check_model_supports_dp(model)
 
-    os.makedirs(model_dir, exist_ok=True)
-    os.makedirs(run_dir, exist_ok=True)
-    ckpt_dir = os.path.join(model_dir, CHECKPOINT_DIR)
-    os.makedirs(ckpt_dir, exist_ok=True)
+    io.makedirs(model_dir)
+    io.makedirs(run_dir)
+    ckpt_dir = io.join(model_dir, CHECKPOINT_DIR)
+    io.makedirs(ckpt_dir)
 
     ledger = accounting.PrivacyLedger(
         model_variant=config.model_variant, private=config.private, n_examples=n,
@@ -200,8 +203,9 @@ def train(config: DPTrainingConfig, x: np.ndarray, y: np.ndarray, *, model_dir: 
         accountant=config.accountant, target_epsilon=config.target_epsilon,
         extra={"optimizer": config.optimizer, "learning_rate": config.learning_rate,
                "epochs_planned": config.epochs, "seed": config.seed, "model_name": model.name})
-    tb = _TensorBoard(os.path.join(run_dir, "logs"))
-    log_path = os.path.join(run_dir, "training_log.jsonl")
+    tb = _TensorBoard(io.join(run_dir, "logs"))
+    log_path = io.join(run_dir, "training_log.jsonl")
+    log_lines: List[str] = []
     checkpoints: List[Dict[str, Any]] = []
     if verbose:
         mode = (f"DP-{config.optimizer.upper()}: σ={noise_multiplier:.4g}, C={config.l2_norm_clip}, δ={delta:.0e}, "
@@ -221,53 +225,46 @@ def train(config: DPTrainingConfig, x: np.ndarray, y: np.ndarray, *, model_dir: 
         t_epoch[0] = now
         tb.scalars(stats.epoch, {"train_loss": rec.train_loss, "train_accuracy": rec.train_accuracy,
                                  "epsilon": rec.epsilon})
-        with open(log_path, "a") as f:
-            f.write(json.dumps(dataclasses.asdict(rec), allow_nan=False) + "\n"
-                    if rec.epsilon is None or math.isfinite(rec.epsilon)
-                    else json.dumps({**dataclasses.asdict(rec), "epsilon": None}) + "\n")
+        log_lines.append(json.dumps(dataclasses.asdict(rec), allow_nan=False) + "\n"
+                         if rec.epsilon is None or math.isfinite(rec.epsilon)
+                         else json.dumps({**dataclasses.asdict(rec), "epsilon": None}) + "\n")
+        # Object stores cannot append: the whole (small) log is rewritten, atomically, every epoch.
+        io.write_text(log_path, "".join(log_lines))
         last = stats.epoch == config.epochs
         if config.checkpoint_every and (stats.epoch % config.checkpoint_every == 0 or last):
             name = f"epoch_{stats.epoch:04d}.keras"
-            _save_keras_atomic(model, os.path.join(ckpt_dir, name))
+            _save_keras_atomic(model, io.join(ckpt_dir, name))
             checkpoints.append({"epoch": stats.epoch, "path": name, "steps": ledger.steps,
                                 "epsilon": rec.epsilon if rec.epsilon is None or math.isfinite(rec.epsilon)
                                 else None})
-            accounting.write_json_atomic(os.path.join(ckpt_dir, "index.json"), {"checkpoints": checkpoints})
+            accounting.write_json_atomic(io.join(ckpt_dir, "index.json"), {"checkpoints": checkpoints})
         if verbose:
             eps = "" if rec.epsilon is None else f", ε={rec.epsilon:.3f}"
             print(f"[{config.model_variant}] epoch {stats.epoch}/{config.epochs}: loss={rec.train_loss:.4f}, "
                   f"accuracy={rec.train_accuracy:.4f}{eps} ({rec.seconds:.1f}s)", flush=True)
 
-    with open(log_path, "w"):
-        pass
+    io.write_text(log_path, "")
     training.fit(model, x, y, epochs=config.epochs, expected_batch_size=config.batch_size,
                  optimizer=_make_optimizer(config.optimizer, config.learning_rate),
                  l2_norm_clip=config.l2_norm_clip if config.private else None,
                  noise_multiplier=noise_multiplier or 0.0, private=config.private, sampling=config.sampling,
                  seed=config.seed, on_epoch_end=on_epoch_end, verbose=False)
 
-    keras_dir = os.path.join(model_dir, "keras")
-    os.makedirs(keras_dir, exist_ok=True)
-    _save_keras_atomic(model, os.path.join(keras_dir, "model.keras"))
-    serving = os.path.join(model_dir, "Format-Serving")
-    tmp_serving = serving + f".tmp-{os.getpid()}"
-    shutil.rmtree(tmp_serving, ignore_errors=True)
-    model.export(tmp_serving, verbose=False)
-    if os.path.exists(serving):
-        shutil.rmtree(serving)
-    os.replace(tmp_serving, serving)
-    accounting.write_json_atomic(os.path.join(model_dir, "model_info.json"), {
+    _save_keras_atomic(model, io.join(model_dir, "keras", "model.keras"))
+    with io.local_staging(io.join(model_dir, "Format-Serving")) as staging:
+        model.export(staging, verbose=False)
+    accounting.write_json_atomic(io.join(model_dir, "model_info.json"), {
         "model_variant": config.model_variant, "label_key": config.label_key,
         "feature_keys": config.feature_keys, "input_features": list(input_features or []),
         "private": config.private, "epochs": config.epochs, "num_classes": num_classes,
         "model_name": model.name})
-    ledger.write(os.path.join(run_dir, "ledger.json"))
+    ledger.write(io.join(run_dir, "ledger.json"))
     if config.audit_canaries:
         if config.private:
             audit = one_run_privacy_audit(config, x, y, num_classes=num_classes, hparams=hparams,
                                           noise_multiplier=noise_multiplier, delta=delta,
                                           ledger_epsilon=ledger.to_json()["epsilon"], verbose=verbose)
-            accounting.write_json_atomic(os.path.join(run_dir, ONE_RUN_AUDIT_FILE), audit)
+            accounting.write_json_atomic(io.join(run_dir, ONE_RUN_AUDIT_FILE), audit)
         elif verbose:
             print(f"[{config.model_variant}] one-run audit skipped: the variant is not private (ε = ∞)", flush=True)
     return ledger.to_json()
@@ -280,8 +277,8 @@ ONE_RUN_AUDIT_CONFIDENCE = 0.95
 def audit_delta(ledger_delta: float, m: int) -> float:
     """δ at which the one-run audit tests the run: the ledger's δ, or 1 / (100 m) when smaller.
 
-    The audit's bound carries a term 2 m δ (Steinke et al., Theorem 3.3): with the ledger's δ (1/N rounded
-    down) and hundreds of canaries it can exceed the audit's 5% error budget and no ε could ever be refuted.
+    The audit's bound carries a term 2 m δ (Steinke et al., Theorem 3.3): with the ledger's δ (up to 1/N^1.1)
+    and hundreds of canaries it can exceed the audit's 5% error budget and no ε could ever be refuted.
     DP-SGD with noise multiplier σ is (ε(δ'), δ')-DP for every δ', so the claim is tested at
     δ' = min(δ, 1/(100 m)) (2 m δ' <= 0.02) against the accountant's ε at that same δ'."""
     return float(min(ledger_delta, 1.0 / (100.0 * m)))

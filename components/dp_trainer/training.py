@@ -88,7 +88,11 @@ class TrainingResult:
         return d
 
 
-def _check_data(x, y):
+def check_training_data(x, y):
+    """Validated training arrays ``(x, y, n)``: same length, numeric, finite; float64 cast to float32.
+
+    ``x`` is an array ``[N, ...]`` or a dict of them; raises ValueError naming the problem.
+    """
     if isinstance(x, dict):
         xs = {k: np.asarray(v) for k, v in x.items()}
         flat = list(xs.values())
@@ -122,29 +126,32 @@ def _check_data(x, y):
     return xs, y, n
 
 
-class _Batcher:
-    """Gathers index arrays into fixed-shape padded batches and a mask.
+class PaddedBatcher:
+    """Gathers index arrays into fixed-shape padded batches ``(x, y, mask)``.
 
-    Padding rows copy example 0 (real, finite data) and get mask 0.
+    Padding rows copy example 0 (real, finite data) and get mask 0. ``padded`` is the default
+    batch shape; a call may ask for a larger one (a Poisson batch above the pad).
     """
 
     def __init__(self, x, y, padded: int):
         self.x, self.y, self.padded = x, y, padded
 
-    def _pad(self, a, idx):
-        out = np.empty((self.padded,) + a.shape[1:], a.dtype)
+    @staticmethod
+    def _pad(a, idx, size):
+        out = np.empty((size,) + a.shape[1:], a.dtype)
         out[:len(idx)] = a[idx]
         out[len(idx):] = a[0]
         return out
 
-    def __call__(self, idx):
+    def __call__(self, idx, size: int | None = None):
+        size = self.padded if size is None else size
         if isinstance(self.x, dict):
-            xb = {k: self._pad(v, idx) for k, v in self.x.items()}
+            xb = {k: self._pad(v, idx, size) for k, v in self.x.items()}
         else:
-            xb = self._pad(self.x, idx)
-        mask = np.zeros(self.padded, np.float32)
+            xb = self._pad(self.x, idx, size)
+        mask = np.zeros(size, np.float32)
         mask[:len(idx)] = 1.0
-        return xb, self._pad(self.y, idx), mask
+        return xb, self._pad(self.y, idx, size), mask
 
 
 def fit(model, x, y, *, epochs: int, expected_batch_size: int, optimizer,
@@ -185,7 +192,7 @@ def fit(model, x, y, *, epochs: int, expected_batch_size: int, optimizer,
     """
     sampling_lib.check_int("epochs", epochs)
     dp_step_lib.validate_dp_params(l2_norm_clip, noise_multiplier, private)
-    x, y, n = _check_data(x, y)
+    x, y, n = check_training_data(x, y)
     sampler = sampling_lib.make_sampler(sampling, n, expected_batch_size, seed, padded_batch_size)
     padded = sampler.padded_batch_size
     # One inference call: builds a subclassed model and gives the output shape.
@@ -205,7 +212,7 @@ def fit(model, x, y, *, epochs: int, expected_batch_size: int, optimizer,
         noise_multiplier=noise_multiplier if private else 0.0,
         expected_batch_size=expected_batch_size, padded_batch_size=padded, seed=seed,
         private=private, loss=loss, jit_compile=jit_compile, fast_clipping=fast_clipping)
-    batcher = _Batcher(x, y, padded)
+    batcher = PaddedBatcher(x, y, padded)
     history, total_steps, total_overflow = [], 0, 0
     started = time.perf_counter()
     for epoch in range(epochs):

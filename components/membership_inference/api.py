@@ -162,8 +162,26 @@ def _derived_seed(seed: int, slice_spec: Mapping[str, Any], attack: str) -> int:
     return zlib.crc32(key) & 0x7FFFFFFF
 
 
+# File signatures: a .npz is a zip archive (an empty one starts with the end-of-directory record); Parquet
+# starts with PAR1; a lone .npy array starts with \x93NUMPY.
+_MAGIC = {".npz": (b"PK\x03\x04", b"PK\x05\x06"), ".parquet": (b"PAR1",), ".pq": (b"PAR1",)}
+
+
+def _check_signature(path: str, ext: str) -> None:
+    """ValueError when the file's first bytes do not match its extension (e.g. a .npy renamed .npz)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(_MAGIC[ext]):
+        return
+    what = "a single .npy array (save it with np.savez)" if head.startswith(b"\x93NUMPY") else \
+        "empty" if not head else f"starting with {head[:6]!r}"
+    kind = "a .npz archive (a zip of .npy arrays)" if ext == ".npz" else "a Parquet file"
+    raise ValueError(f"{path} is not {kind}: the file is {what}")
+
+
 def load_inputs(path: str) -> "AttackInputs":
-    """Reads ``.npz`` or Parquet (``.parquet``/``.pq``) attack inputs."""
+    """Reads ``.npz`` or Parquet (``.parquet``/``.pq``) attack inputs; ValueError when the file's content does
+    not match its extension."""
     from privacy_audit.components.membership_inference.data import AttackInputs
 
     if not os.path.exists(path):
@@ -171,11 +189,45 @@ def load_inputs(path: str) -> "AttackInputs":
     if os.path.isdir(path):
         raise IsADirectoryError(f"input must be a .npz or Parquet file, got a directory: {path}")
     ext = os.path.splitext(path)[1].lower()
-    if ext == ".npz":
-        return AttackInputs.from_npz(path)
-    if ext in (".parquet", ".pq"):
-        return AttackInputs.from_parquet(path)
-    raise ValueError(f"unsupported input format {ext or '(no extension)'!r} for {path}: use .npz or .parquet")
+    if ext not in _MAGIC:
+        raise ValueError(f"unsupported input format {ext or '(no extension)'!r} for {path}: use .npz or .parquet")
+    _check_signature(path, ext)
+    return AttackInputs.from_npz(path) if ext == ".npz" else AttackInputs.from_parquet(path)
+
+
+def check_output_path(output_path: str, input_paths: Sequence[str]) -> None:
+    """Refuses, before any work, an output the results could not be written to or that would destroy an input:
+    a directory, a name or path longer than the system allows, or a path that resolves to an input file
+    (the same path, a symlink to it or a hard link of it)."""
+    if not output_path or "\x00" in output_path:
+        raise ValueError(f"--output must be a file name without NUL bytes, got {output_path!r}")
+    if os.path.isdir(output_path):
+        raise IsADirectoryError(f"--output {output_path} is a directory; give a file name such as results.json")
+    name_max, path_max = _limits(output_path)
+    name = os.path.basename(output_path).encode()
+    # write_results first writes a temporary ".tmp-XXXXXXXX.json" beside it: that name must fit too.
+    if len(name) > name_max:
+        raise ValueError(f"--output file name is {len(name)} bytes long; the system allows {name_max}: "
+                         "choose a shorter name")
+    if len(os.path.abspath(output_path).encode()) >= path_max:
+        raise ValueError(f"--output path is longer than the system's limit of {path_max} bytes")
+    for src in input_paths:
+        same = os.path.realpath(src) == os.path.realpath(output_path)
+        if not same and os.path.exists(output_path) and os.path.exists(src):
+            same = os.path.samefile(src, output_path)
+        if same:
+            raise ValueError(f"--output {output_path} is the input file {src} (or a link to it): writing the "
+                             "results there would destroy the input; choose another output name")
+
+
+def _limits(path: str):
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.isdir(parent):
+        parent = os.path.dirname(parent)
+    try:
+        return os.pathconf(parent or "/", "PC_NAME_MAX"), os.pathconf(parent or "/", "PC_PATH_MAX")
+    except (OSError, ValueError):  # pragma: no cover - platforms without pathconf
+        return 255, 4096
 
 
 def load_references(path: str):
@@ -224,12 +276,18 @@ def attack_file(input_path: str, output_path: str, attacks: Sequence[str] = DEFA
     from privacy_audit.components.membership_inference.slicing import SlicingSpec
 
     spec = SlicingSpec.from_names(slicing_names)
+    check_output_path(output_path, [input_path])
     inputs = load_inputs(input_path)
     references = load_references(input_path)
     md = {"model_variant": os.path.splitext(os.path.basename(input_path))[0], "input": os.path.abspath(input_path)}
     md.update(metadata or {})
     obj = run_attacks(inputs, attacks, spec, seed=seed, min_slice_size=min_slice_size, metadata=md,
                       progress=progress, references=references, **kwargs)
+    if not obj["results"]:
+        # A results file without results would pass a gate that only checks the exit status.
+        reasons = sorted({s.get("reason", "") for s in obj.get("skipped_slices", [])})
+        raise ValueError(f"no slice could be evaluated ({inputs.n_members} members, {inputs.n_nonmembers} "
+                         f"non-members; min_slice_size {min_slice_size}): {'; '.join(reasons)[:300]}; nothing written")
     results.write_results(output_path, obj)
     return obj
 
@@ -275,6 +333,10 @@ def main_attack(args) -> int:
     try:
         if args.min_slice_size < 1:
             raise ValueError(f"--min-slice-size must be >= 1, got {args.min_slice_size}")
+        if not 0 <= args.seed < 2 ** 32:
+            raise ValueError(f"--seed must be in 0..2^32-1, got {args.seed}")
+        if not 2 <= args.folds <= 100:
+            raise ValueError(f"--folds must be in 2..100, got {args.folds}")
         if not 0.0 < args.confidence < 1.0:
             raise ValueError(f"--confidence must be in (0, 1), got {args.confidence}")
         if not 0.0 <= args.delta < 1.0:
@@ -304,6 +366,9 @@ def main_attack(args) -> int:
                           confidence=args.confidence, config=config, reference_options=reference_options)
     except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
         print(f"privacy-audit attack: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the system refuses: named on one line, not a traceback
+        print(f"privacy-audit attack: error: {e.strerror or e}: {e.filename or args.output}", file=sys.stderr)
         return 2
     results_list = obj["results"]
     best = max(results_list, key=lambda r: r["auc"]) if results_list else None

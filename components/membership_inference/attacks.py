@@ -3,7 +3,8 @@
 
 Attacks (registered by name with :func:`register_attack`; adding one is one decorated function):
 - ``threshold``: score = minus the cross-entropy loss (Yeom et al. 2018; TF Privacy's threshold attack).
-- ``threshold_entropy``: score = minus the modified prediction entropy (Song & Mittal 2021).
+- ``threshold_entropy``: score = minus the modified prediction entropy (Song & Mittal 2021); without labels,
+  minus the Shannon entropy of the prediction (TF Privacy's label-free variant).
 - ``logistic_regression``, ``mlp``, ``random_forest``, ``knn``: a scikit-learn classifier trained to tell
   members from non-members from features of the model outputs (:func:`attack_features`).
 - ``lira``, ``lira_offline``, ``rmia``, ``rmia_offline``: attacks with reference models
@@ -252,7 +253,8 @@ def _threshold(prepared: PreparedInputs, im: np.ndarray, inn: np.ndarray, seed: 
     return -inputs.loss("members")[im], -inputs.loss("nonmembers")[inn]
 
 
-@register_attack("threshold_entropy", trained=False, description="score = -modified prediction entropy")
+@register_attack("threshold_entropy", trained=False,
+                 description="score = -modified prediction entropy (-Shannon entropy without labels)")
 def _threshold_entropy(prepared: PreparedInputs, im: np.ndarray, inn: np.ndarray, seed: int):
     inputs = prepared.inputs
     return -inputs.entropy("members")[im], -inputs.entropy("nonmembers")[inn]

@@ -44,7 +44,6 @@ batches inside its file reader instead of with ``beam.BatchElements``.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
 import logging
@@ -693,28 +692,16 @@ class WritePerExampleFn(beam.DoFn):
 # ---------------------------------------------------------------------------------------------------------
 
 def _write_text(path: str, text: str) -> None:
-    """Atomic on local disks (temporary file + rename); object stores write whole objects."""
-    from apache_beam.io.filesystems import FileSystems
+    """Atomic on every scheme (common.io: temporary name, then rename)."""
+    from privacy_audit.components.common import io
 
-    if "://" not in path:
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        return
-    with FileSystems.create(path) as f:
-        f.write(text.encode("utf-8"))
+    io.write_text(path, text)
 
 
 def _read_text(path: str) -> str:
-    from apache_beam.io.filesystems import FileSystems
+    from privacy_audit.components.common import io
 
-    with FileSystems.open(path) as f:
-        return f.read().decode("utf-8")
+    return io.read_text(path)
 
 
 def assemble_results(items: Iterable[Tuple], settings: AuditSettings, metadata: Mapping[str, Any]
@@ -1047,8 +1034,10 @@ class ReadParquetTaskFn(beam.DoFn):
 def _match_files(path: str) -> List[str]:
     from apache_beam.io.filesystems import FileSystems
 
-    if "://" not in path and os.path.isdir(path):
-        files = sorted(glob.glob(os.path.join(path, "*.parquet")) + glob.glob(os.path.join(path, "*.pq")))
+    from privacy_audit.components.common import io
+
+    if io.isdir(path):
+        files = sorted(io.glob(io.join(path, "*.parquet")) + io.glob(io.join(path, "*.pq")))
     else:
         files = sorted(m.path for r in FileSystems.match([path]) for m in r.metadata_list)
     if not files:
@@ -1139,10 +1128,13 @@ class ReadSavedOutputs(beam.PTransform):
 
 @dataclasses.dataclass(frozen=True)
 class ModelToEvaluate:
-    """One Keras model file (``.keras``) to evaluate, under a model key (e.g. ``epoch_0002``, ``final``)."""
+    """One model to evaluate, under a model key (e.g. ``epoch_0002``, ``final``): a Keras model file
+    (``.keras``, fed the feature vector), or with ``serving`` (resolved
+    :class:`serving_model.ServingOptions`) a SavedModel whose signature takes the serialized examples."""
 
     key: str
     path: str
+    serving: Optional[Any] = None
 
 
 _MODEL_CACHE: Dict[str, Any] = {}
@@ -1189,11 +1181,31 @@ class ReadTFRecordFileFn(beam.DoFn):
                     yield is_member, s
 
 
+def predict_fixed_batches(model, x: np.ndarray, rows: int = DEFAULT_INFERENCE_BATCH) -> np.ndarray:
+    """Logits [N, C] of a Keras model on features ``x`` [N, D], computed in batches of exactly ``rows`` rows.
+
+    The last batch is zero-padded to ``rows``. Float32 kernels choose their blocking by batch size, so an
+    example's logits would otherwise depend on how the runner happened to group records (BatchElements adapts
+    batch sizes to timing): with one batch shape, the same model gives the same logits on every runner and load.
+    """
+    out = []
+    for start in range(0, len(x), rows):
+        chunk = np.asarray(x[start:start + rows])
+        n = len(chunk)
+        if n < rows:
+            chunk = np.concatenate([chunk, np.zeros((rows - n,) + chunk.shape[1:], dtype=chunk.dtype)])
+        out.append(np.asarray(model.predict_on_batch(chunk))[:n])
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
 class InferenceFn(beam.DoFn):
     """A list of ``(is_member, serialized tf.Example)`` → ``(model_key, batch)`` for each model.
 
-    ``setup`` loads every model (once per worker process, :func:`load_keras_model`); each batch is parsed
-    once (``examples.parse_examples``) and run through each model with ``predict_on_batch``.
+    ``setup`` loads every model (once per worker process, :func:`load_keras_model`, or
+    :func:`serving_model.load_serving_model` for a SavedModel signature); each batch is parsed once
+    (``examples.parse_examples``; only labels, ids and slicing features when every model is a signature over
+    serialized examples) and run through each model: ``predict_on_batch`` on the feature vector, or the
+    signature on the serialized examples (its probabilities go in the ``probs`` column).
     """
 
     def __init__(self, models: Sequence[ModelToEvaluate], label_key: str, input_features: Sequence[str],
@@ -1205,27 +1217,38 @@ class InferenceFn(beam.DoFn):
         self._loaded: List[Tuple[str, Any]] = []
 
     def setup(self):
-        self._loaded = [(m.key, load_keras_model(m.path)) for m in self.models]
+        from privacy_audit.components.membership_inference.serving_model import load_serving_model
+
+        self._loaded = [(m.key, load_keras_model(m.path) if m.serving is None
+                         else load_serving_model(m.path, m.serving)) for m in self.models]
 
     def process(self, records):
         from privacy_audit.components.common import examples as examples_lib
+        from privacy_audit.components.membership_inference.serving_model import example_columns
 
         if not records:
             return
         flags = np.fromiter((bool(r[0]) for r in records), dtype=bool, count=len(records))
         serialized = [r[1] for r in records]
-        parsed = examples_lib.parse_examples(serialized, self.label_key, self.input_features)
+        # Models fed a feature vector need it parsed; signature models read the serialized examples.
+        if self.input_features:
+            parsed = examples_lib.parse_examples(serialized, self.label_key, self.input_features)
+            missing = [k for k in self.slice_feature_keys if k not in parsed.features]
+        else:
+            parsed = example_columns(serialized, self.label_key, self.slice_feature_keys)
+            missing = [k for k in self.slice_feature_keys if all(v is None for v in parsed.features[k])]
+        if missing:
+            raise ValueError(f"slicing feature(s) {missing} are not features of the examples")
         base: Dict[str, np.ndarray] = {"id": examples_lib.ids_from_hashes(parsed.example_hashes),
                                        "is_member": flags, "label": parsed.y}
         for key in self.slice_feature_keys:
-            if key not in parsed.features:
-                raise ValueError(f"slicing feature {key!r} is not a feature of the examples "
-                                 f"(features: {sorted(parsed.features)[:20]})")
             base[FEATURE_PREFIX + key] = parsed.features[key]
-        for key, model in self._loaded:
-            logits = np.asarray(model.predict_on_batch(parsed.x))
+        for (key, model), m in zip(self._loaded, self.models):
             batch = dict(base)
-            batch["logits"] = logits
+            if m.serving is None:
+                batch["logits"] = predict_fixed_batches(model, parsed.x)
+            else:
+                batch["probs" if model.kind == "probabilities" else "logits"] = model(serialized)
             yield key, batch
 
 

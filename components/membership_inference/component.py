@@ -11,6 +11,7 @@ from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
+from privacy_audit.components.common.runtime_values import compile_time_value
 from privacy_audit.components.membership_inference import executor
 from privacy_audit.components.membership_inference.api import DEFAULT_ATTACKS
 from privacy_audit.components.reference_models.component import ReferenceModels
@@ -28,11 +29,6 @@ class MembershipInferenceResults(types.Artifact):
 
     TYPE_NAME = "privacy_audit.MembershipInferenceResults"
 
-
-class PrivacyBlessing(types.Artifact):
-    """Outcome of the privacy gate: <uri>/blessing.json, <uri>/BLESSED or NOT_BLESSED, property blessed."""
-
-    TYPE_NAME = "privacy_audit.PrivacyBlessing"
 
 class MembershipInferenceEvaluatorSpec(types.ComponentSpec):
     """Lists and dicts cross the component boundary as JSON strings."""
@@ -53,16 +49,23 @@ class MembershipInferenceEvaluatorSpec(types.ComponentSpec):
         "model_variant": ExecutionParameter(type=str, optional=True),
         "write_per_example": ExecutionParameter(type=int),
         "reference_options": ExecutionParameter(type=str, optional=True),  # JSON object
+        # Models of TFX's standard Trainer (Format-Serving/ SavedModel): how to read their signature.
+        "signature_name": ExecutionParameter(type=str, optional=True),
+        "output_key": ExecutionParameter(type=str, optional=True),
+        "outputs": ExecutionParameter(type=str, optional=True),  # auto | logits | probabilities
     }
     INPUTS = {
         "examples": ChannelParameter(type=standard_artifacts.Examples),
         "model": ChannelParameter(type=standard_artifacts.Model),
         "model_run": ChannelParameter(type=standard_artifacts.ModelRun, optional=True),
         "reference_models": ChannelParameter(type=ReferenceModels, optional=True),
+        "transform_graph": ChannelParameter(type=standard_artifacts.TransformGraph, optional=True),
+        "baseline_blessing": ChannelParameter(type=standard_artifacts.ModelBlessing, optional=True),
     }
     OUTPUTS = {
         "attack_results": ChannelParameter(type=MembershipInferenceResults),
-        "blessing": ChannelParameter(type=PrivacyBlessing),
+        # A standard ModelBlessing: what TFX's Pusher checks.
+        "blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
     }
 
 
@@ -83,10 +86,14 @@ class MembershipInferenceEvaluator(base_beam_component.BaseBeamComponent):
     With a ``model_run`` holding ``one_run_audit.json`` (DPTrainer ``audit_canaries``), the blessing also
     fails when the audit's ε lower bound exceeds the accountant's ε: the DP training is then broken.
 
+    Models of TFX's standard Trainer (``Format-Serving/``) are read through a signature over serialized
+    tf.Examples (``signature_name``, ``output_key``, ``outputs``), inside the Beam graph like Keras models.
+
     Outputs ``attack_results`` (MembershipInferenceResults: ``results/<variant>_epoch_NNNN.json``,
-    ``results/<variant>_final.json``, ``index.json``, ``per_example/``) and ``blessing`` (PrivacyBlessing:
-    the privacy gate on the final model: ``blessing.json``, ``BLESSED``/``NOT_BLESSED``, custom property
-    ``blessed``).
+    ``results/<variant>_final.json``, ``index.json``, ``per_example/``) and ``blessing``: a standard
+    ``ModelBlessing`` (``BLESSED``/``NOT_BLESSED``, custom properties ``blessed``, ``current_model``,
+    ``current_model_id``, as TFMA's Evaluator writes it, so TFX's Pusher can take it; plus ``blessing.json``
+    naming the failing slices), the privacy gate on the final model ANDed with ``baseline_blessing``.
     """
 
     SPEC_CLASS = MembershipInferenceEvaluatorSpec
@@ -101,10 +108,15 @@ class MembershipInferenceEvaluator(base_beam_component.BaseBeamComponent):
                  min_slice_size: int = 20, sample_size: int = 20000, max_auc: Optional[float] = None,
                  max_attacker_advantage: Optional[float] = None,
                  max_epsilon_lower_bound: Optional[float] = None, model_variant: Optional[str] = None,
-                 write_per_example: bool = True, reference_options: Optional[Union[Mapping[str, Any], str]] = None):
+                 write_per_example: bool = True, reference_options: Optional[Union[Mapping[str, Any], str]] = None,
+                 transform_graph: Optional[types.BaseChannel] = None,
+                 baseline_blessing: Optional[types.BaseChannel] = None, signature_name: str = "serving_default",
+                 output_key: Optional[str] = None, outputs: str = "auto"):
         """Args:
-          examples: Examples with the members' and non-members' splits.
-          model: the Model (keras/model.keras, checkpoints/, model_info.json).
+          examples: Examples with the members' and non-members' splits (raw examples, as the Trainer's
+            serving signature takes them).
+          model: a DPTrainer's Model (keras/model.keras, checkpoints/, model_info.json) or a standard TFX
+            Trainer's (Format-Serving/ SavedModel; checkpoints/ when its run_fn used AuditCheckpoints).
           model_run: optional ModelRun whose ledger.json gives ε per epoch (and one_run_audit.json, if any,
             the one-run audit the gate checks).
           reference_models: optional ReferenceModels (ReferenceModelTrainer) for lira / rmia.
@@ -124,7 +136,17 @@ class MembershipInferenceEvaluator(base_beam_component.BaseBeamComponent):
             attacks' scores under per_example_reference/).
           reference_options: options of the reference attacks, e.g. {"lira": {"fixed_variance": "auto"},
             "rmia": {"gamma": 1.0, "offline_a": 0.3}} (see reference_models.resolve_attack_options).
+          transform_graph: optional TransformGraph; the examples are checked against its raw schema and, when
+            the signature does not apply it itself, transformed before the signature.
+          baseline_blessing: optional ModelBlessing of the same model (e.g. TFMA Evaluator's), ANDed into the
+            output blessing: one blessing for utility and privacy.
+          signature_name: the SavedModel signature over serialized tf.Examples (standard Trainer models).
+          output_key: the signature output with the class scores [batch, classes] (None: the only one).
+          outputs: "logits", "probabilities" or "auto" (detected on the first examples when unambiguous).
         """
+        from privacy_audit.components.membership_inference.serving_model import ServingOptions
+
+        ServingOptions(signature_name=signature_name, output_key=output_key, outputs=outputs)
         attacks_json = attacks if isinstance(attacks, str) else json.dumps(list(attacks))
         slicing_json = slicing if isinstance(slicing, str) else json.dumps(
             dict(DEFAULT_SLICING if slicing is None else slicing))
@@ -138,7 +160,8 @@ class MembershipInferenceEvaluator(base_beam_component.BaseBeamComponent):
             reference_json = reference_options if isinstance(reference_options, str) else json.dumps(
                 dict(reference_options), sort_keys=True)
         executor.check_reference_attacks(attacks_json, reference_json, has_references=reference_models is not None)
-        executor.parse_thresholds(max_auc, max_attacker_advantage, max_epsilon_lower_bound)
+        # The gate's thresholds may be Kubeflow run-time parameters (RuntimeParameter): their defaults are checked.
+        executor.parse_thresholds(*map(compile_time_value, (max_auc, max_attacker_advantage, max_epsilon_lower_bound)))
         if feature_keys_json is not None:
             executor.parse_json_list(feature_keys_json, "feature_keys")
         if members_split == nonmembers_split:
@@ -150,9 +173,10 @@ class MembershipInferenceEvaluator(base_beam_component.BaseBeamComponent):
             sample_size=int(sample_size), max_auc=max_auc, max_attacker_advantage=max_attacker_advantage,
             max_epsilon_lower_bound=max_epsilon_lower_bound, model_variant=model_variant,
             write_per_example=int(bool(write_per_example)), reference_models=reference_models,
-            reference_options=reference_json,
-            attack_results=types.Channel(type=MembershipInferenceResults),
-            blessing=types.Channel(type=PrivacyBlessing))
+            reference_options=reference_json, transform_graph=transform_graph,
+            baseline_blessing=baseline_blessing, signature_name=signature_name, output_key=output_key,
+            outputs=outputs, attack_results=types.Channel(type=MembershipInferenceResults),
+            blessing=types.Channel(type=standard_artifacts.ModelBlessing))
         super().__init__(spec=spec)
 
 

@@ -125,6 +125,17 @@ def _modified_entropy_from_log_probs(log_p: np.ndarray, labels: np.ndarray) -> n
     return terms.sum(axis=1)
 
 
+def prediction_entropy(log_probs: np.ndarray) -> np.ndarray:
+    """Shannon entropy ``-sum_i p_i log p_i`` (nats) of each row of ``[N, C]`` log-probabilities, shape [N].
+
+    The label-free membership signal: a model is usually more confident (lower entropy) on its
+    training examples. Terms with p_i = 0 contribute 0.
+    """
+    log_p = np.asarray(log_probs, dtype=np.float64)
+    p = np.exp(log_p)
+    return -np.where(p > 0, p * np.maximum(log_p, np.log(MIN_PROB)), 0.0).sum(axis=1)
+
+
 def modified_entropy(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Modified prediction entropy of Song & Mittal (USENIX Security 2021, eq. 8), shape [N], nats.
 
@@ -302,10 +313,11 @@ class AttackInputs:
                 raise InputValidationError(
                     f"{kind}_members and {kind}_nonmembers disagree on the number of classes: "
                     f"shapes {outputs_m.shape} and {outputs_n.shape}")
-        if (self.loss_members is None and (outputs_m is None or self.labels_members is None)
-                and self.entropy_members is None):
+        # Outputs without labels are valid (as in TF Privacy): the trained attacks and threshold_entropy
+        # run on them; attacks that need labels say so when asked for.
+        if self.loss_members is None and outputs_m is None and self.entropy_members is None:
             raise InputValidationError(
-                "attack inputs need loss_* (or entropy_*), or logits_*/probs_* together with labels_*")
+                "attack inputs need logits_*/probs_* (labels_* optional), or loss_* (or entropy_*)")
 
         # Lengths: every per-example array on a side must agree.
         for side in SIDES:
@@ -434,7 +446,10 @@ class AttackInputs:
                 return given
             labels = getattr(self, f"labels_{side}")
             if labels is None or not self.has_outputs:
-                raise InputValidationError("a loss is needed: give loss_* or logits/probs with labels")
+                raise InputValidationError(
+                    "the loss threshold attack (and loss-based slicing) needs labels: give labels_train/"
+                    "labels_test with the logits/probs, or loss_*; without labels use the trained attacks "
+                    "(logistic_regression, mlp, random_forest, knn) or threshold_entropy")
             if getattr(self, f"logits_{side}") is not None:
                 # Same numbers as cross_entropy_from_logits, reusing the cached log-softmax.
                 lsm = self.log_probs(side)
@@ -444,7 +459,8 @@ class AttackInputs:
 
     def entropy(self, side: str) -> np.ndarray:
         """[N] modified entropy (Song & Mittal): the given ``entropy_*``, else computed from the outputs and
-        labels. Raises InputValidationError when neither is available."""
+        labels; without labels, the Shannon entropy of the prediction (TF Privacy's label-free entropy).
+        Raises InputValidationError when there are no outputs and no given entropy."""
         _check_side(side)
 
         def compute():
@@ -452,9 +468,10 @@ class AttackInputs:
             if given is not None:
                 return given
             labels = getattr(self, f"labels_{side}")
-            if labels is None or not self.has_outputs:
-                raise InputValidationError(
-                    "threshold_entropy needs entropy_* or logits/probs with labels")
+            if not self.has_outputs:
+                raise InputValidationError("threshold_entropy needs entropy_* or logits/probs")
+            if labels is None:
+                return prediction_entropy(self.log_probs(side))
             if getattr(self, f"logits_{side}") is not None:
                 return _modified_entropy_from_log_probs(self.log_probs(side), labels)
             return modified_entropy(getattr(self, f"probs_{side}"), labels)
@@ -568,11 +585,12 @@ class AttackInputs:
     @classmethod
     def from_npz(cls, path: str) -> "AttackInputs":
         """Read a ``.npz`` file (``np.savez``) with the keys of :meth:`from_arrays`. No pickle is allowed."""
-        if not os.path.exists(path):
+        from privacy_audit.components.common import io
+
+        if not io.exists(path):
             raise FileNotFoundError(f"input file not found: {path}")
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
+            arrays = io.load_npz(path)
         except ValueError as e:
             # np.load says "pickled data" both for object arrays and for files that are no .npz at all.
             raise InputValidationError(
@@ -593,12 +611,12 @@ class AttackInputs:
         Wide layout: columns named as in :meth:`from_arrays` (``logits_train``, ``loss_test``, ...); the
         shorter side is padded with trailing nulls, which are dropped.
         """
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"input file not found: {path}")
-        import pyarrow.parquet as pq
+        from privacy_audit.components.common import io
 
+        if not io.exists(path):
+            raise FileNotFoundError(f"input file not found: {path}")
         try:
-            table = pq.read_table(path)
+            table = io.read_parquet(path)
         except Exception as e:  # pyarrow raises several types (ArrowInvalid, OSError)
             raise InputValidationError(f"{path}: not a readable Parquet file ({e})") from None
         names = table.column_names

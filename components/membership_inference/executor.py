@@ -197,12 +197,9 @@ def safe_name(text: str) -> str:
 
 
 def _read_json(path: str) -> Optional[Dict[str, Any]]:
-    import tensorflow as tf
+    from privacy_audit.components.common import io
 
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path, "r") as f:
-        return json.load(f)
+    return io.read_json(path) if io.exists(path) else None
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -218,6 +215,22 @@ def _finite_or_none(value) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
+def _blessing_properties(artifact: types.Artifact) -> Dict[str, Any]:
+    """A ModelBlessing's verdict and model: ``blessed`` (custom property, else the BLESSED / NOT_BLESSED
+    file, else None), ``current_model``, ``current_model_id``, ``uri``."""
+    import tensorflow as tf
+
+    blessed = _custom(artifact, "blessed")
+    if blessed is None:
+        if tf.io.gfile.exists(os.path.join(artifact.uri, "BLESSED")):
+            blessed = 1
+        elif tf.io.gfile.exists(os.path.join(artifact.uri, "NOT_BLESSED")):
+            blessed = 0
+    return {"blessed": None if blessed is None else bool(int(blessed)), "uri": artifact.uri,
+            "current_model": _custom(artifact, "current_model"),
+            "current_model_id": _custom(artifact, "current_model_id")}
+
+
 def _custom(artifact: types.Artifact, name: str):
     """A custom property's value, None when absent."""
     if not artifact.has_custom_property(name):
@@ -225,18 +238,39 @@ def _custom(artifact: types.Artifact, name: str):
     return artifact.get_custom_property(name)
 
 
-def models_to_evaluate(model_uri: str, variant: str, model_info: Mapping[str, Any],
-                       ledger: Optional[Mapping[str, Any]], final_epsilon: Optional[float]
-                       ) -> List[Tuple[Any, Dict[str, Any]]]:
-    """``[(ModelToEvaluate, metadata)]``: every checkpoint of ``checkpoints/index.json``, then the final
-    model (``keras/model.keras``); ε per epoch from the ledger when given, else from the index."""
-    from privacy_audit.components.membership_inference.beam_pipeline import ModelToEvaluate
+KERAS_FINAL = "keras/model.keras"
 
-    final_path = os.path.join(model_uri, "keras", "model.keras")
+
+def model_format(model_uri: str) -> str:
+    """"keras" (DPTrainer: ``keras/model.keras``, fed the feature vector) or "serving" (TFX's standard
+    Trainer: ``Format-Serving/``, a SavedModel with a signature over serialized tf.Examples)."""
     import tensorflow as tf
 
-    if not tf.io.gfile.exists(final_path):
-        raise ValueError(f"the model artifact has no keras/model.keras (at {model_uri})")
+    from privacy_audit.components.membership_inference.serving_model import SERVING_DIR, is_saved_model_dir
+
+    if tf.io.gfile.exists(os.path.join(model_uri, KERAS_FINAL)):
+        return "keras"
+    if is_saved_model_dir(os.path.join(model_uri, SERVING_DIR)):
+        return "serving"
+    raise ValueError(f"the model artifact at {model_uri} has neither {KERAS_FINAL} (DPTrainer) nor "
+                     f"{SERVING_DIR}/saved_model.pb (a TFX Trainer whose run_fn saves to fn_args.serving_model_dir)")
+
+
+def models_to_evaluate(model_uri: str, variant: str, model_info: Mapping[str, Any],
+                       ledger: Optional[Mapping[str, Any]], final_epsilon: Optional[float],
+                       serving: Any = None) -> List[Tuple[Any, Dict[str, Any]]]:
+    """``[(ModelToEvaluate, metadata)]``: every checkpoint of ``checkpoints/index.json``, then the final
+    model (``keras/model.keras``, or with ``serving`` (resolved ServingOptions) the ``Format-Serving/``
+    SavedModel); ε per epoch from the ledger when given, else from the index. Checkpoints that are
+    directories (SavedModels, AuditCheckpoints with ``signatures``) are read through the same signature
+    options as the final model; ``.keras`` files are fed the feature vector."""
+    from privacy_audit.components.membership_inference.beam_pipeline import ModelToEvaluate
+    from privacy_audit.components.membership_inference.serving_model import SERVING_DIR
+
+    final_rel = KERAS_FINAL if serving is None else SERVING_DIR
+    final_path = os.path.join(model_uri, final_rel)
+    if serving is None:
+        model_format(model_uri)  # the error names both layouts
     ledger_eps: Dict[int, Optional[float]] = {}
     for rec in (ledger or {}).get("epochs", []) or []:
         ledger_eps[int(rec["epoch"])] = _finite_or_none(rec.get("epsilon"))
@@ -248,7 +282,8 @@ def models_to_evaluate(model_uri: str, variant: str, model_info: Mapping[str, An
         epoch = int(ck["epoch"])
         key = f"{stem}_epoch_{epoch:04d}"
         eps = ledger_eps.get(epoch) if epoch in ledger_eps else _finite_or_none(ck.get("epsilon"))
-        out.append((ModelToEvaluate(key, os.path.join(model_uri, "checkpoints", ck["path"])),
+        ck_path = os.path.join(model_uri, "checkpoints", ck["path"])
+        out.append((ModelToEvaluate(key, ck_path, None if ck["path"].endswith(".keras") else serving),
                     {"model_variant": variant, "epoch": epoch, "is_final": False, "epsilon": eps,
                      "steps": ck.get("steps"), "checkpoint": f"checkpoints/{ck['path']}"}))
         last_epoch = epoch if last_epoch is None else max(last_epoch, epoch)
@@ -257,9 +292,9 @@ def models_to_evaluate(model_uri: str, variant: str, model_info: Mapping[str, An
         final_epoch = ledger["epochs"][-1]["epoch"]
     if final_epoch is None:
         final_epoch = last_epoch
-    out.append((ModelToEvaluate(f"{stem}_final", final_path),
+    out.append((ModelToEvaluate(f"{stem}_final", final_path, serving),
                 {"model_variant": variant, "epoch": None if final_epoch is None else int(final_epoch),
-                 "is_final": True, "epsilon": final_epsilon, "checkpoint": "keras/model.keras"}))
+                 "is_final": True, "epsilon": final_epsilon, "checkpoint": final_rel}))
     return out
 
 
@@ -290,20 +325,18 @@ def recipe_mismatches(recipe: Mapping[str, Any], ledger: Optional[Mapping[str, A
     return out
 
 
-def _logits(model, x, batch_size: int = 256):
-    import numpy as np
+def _logits(model, x):
+    # The same fixed-shape batches as the Beam inference, so the driver's logits equal the workers'.
+    from privacy_audit.components.membership_inference.beam_pipeline import predict_fixed_batches
 
-    if len(x) == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate([np.asarray(model.predict_on_batch(x[i:i + batch_size]))
-                           for i in range(0, len(x), batch_size)])
+    return predict_fixed_batches(model, x)
 
 
 def reference_attack_results(final: Dict[str, Any], *, model_path: str, members_pattern: str,
                              nonmembers_pattern: str, label_key: str, input_features: List[str],
                              references_path: str, attacks: List[str], settings: Any,
                              reference_options: Mapping[str, Any], ledger: Optional[Mapping[str, Any]] = None,
-                             per_example_path: Optional[str] = None) -> Dict[str, Any]:
+                             per_example_path: Optional[str] = None, serving: Any = None) -> Dict[str, Any]:
     """Adds the reference attacks (lira, rmia, ...) on the final model to its results object ``final`` (the
     Beam path's, with the other attacks): same slices (``settings.slicing``, ``min_slice_size``), same
     metrics (``settings`` delta, confidence, FPR targets, ROC points), one entry per slice and attack.
@@ -313,6 +346,8 @@ def reference_attack_results(final: Dict[str, Any], *, model_path: str, members_
     each serialized example. Metadata gains ``attacks`` (all of them) and ``reference_models`` (K, the
     design, the recipe, the attacks' resolved options, recipe fields that differ from ``ledger``).
     Returns the merged results object (validated); writes per-example scores to ``per_example_path``.
+    With ``serving`` (resolved ServingOptions) ``model_path`` is a SavedModel read through its signature
+    (probabilities enter the attacks as log-probabilities, whose softmax they are).
     """
     import numpy as np
 
@@ -321,10 +356,15 @@ def reference_attack_results(final: Dict[str, Any], *, model_path: str, members_
     from privacy_audit.components.membership_inference.data import AttackInputs
     from privacy_audit.components.membership_inference.reference_models import load_reference_file, sha1_to_id
 
-    members = examples_lib.load_examples(members_pattern, label_key, input_features)
-    nonmembers = examples_lib.load_examples(nonmembers_pattern, label_key, input_features)
-    model = beam_pipeline.load_keras_model(model_path)
-    logits_m, logits_n = _logits(model, members.x), _logits(model, nonmembers.x)
+    if serving is None:
+        members = examples_lib.load_examples(members_pattern, label_key, input_features)
+        nonmembers = examples_lib.load_examples(nonmembers_pattern, label_key, input_features)
+        model = beam_pipeline.load_keras_model(model_path)
+        logits_m, logits_n = _logits(model, members.x), _logits(model, nonmembers.x)
+    else:
+        (members, logits_m), (nonmembers, logits_n) = (
+            _serving_outputs(model_path, serving, pattern, label_key, settings.slicing.feature_keys)
+            for pattern in (members_pattern, nonmembers_pattern))
     sha1 = list(members.example_hashes) + list(nonmembers.example_hashes)
     refs = load_reference_file(references_path).align(sha1, "sha1")
     feature_keys = list(settings.slicing.feature_keys)
@@ -380,6 +420,21 @@ def reference_attack_results(final: Dict[str, Any], *, model_path: str, members_
     return out
 
 
+def _serving_outputs(model_path: str, serving: Any, pattern: str, label_key: str, feature_keys):
+    """``(ExampleColumns, logits [n, C])`` of a split through a SavedModel signature."""
+    import numpy as np
+
+    from privacy_audit.components.common import examples as examples_lib
+    from privacy_audit.components.membership_inference import serving_model as sm
+
+    model = sm.load_serving_model(model_path, serving)
+    serialized = examples_lib.read_serialized(pattern)
+    batch = 256
+    scores = [model(serialized[i:i + batch]) for i in range(0, len(serialized), batch)]
+    return (sm.example_columns(serialized, label_key, feature_keys),
+            sm.as_logits(np.concatenate(scores), model.kind))
+
+
 def _reference_scores(inputs, refs, attacks, reference_options) -> Dict[str, Any]:
     from privacy_audit.components.membership_inference import attacks as attacks_mod
 
@@ -396,14 +451,60 @@ def _parquet_bytes(pa, pq, cols) -> bytes:
 
 
 def _write_bytes(path: str, data: bytes) -> None:
-    """Atomic on local disks (temporary file + rename); object stores write whole objects."""
-    import tensorflow as tf
+    from privacy_audit.components.common import io
 
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(data)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    io.write_bytes(path, data)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Standard TFX models and blessings (no TFX)
+# ---------------------------------------------------------------------------------------------------------
+
+def serving_options(exec_properties: Mapping[str, Any], transform_graph: Optional[str] = None):
+    """ServingOptions from the component's parameters (signature_name, output_key, outputs)."""
+    from privacy_audit.components.membership_inference.serving_model import ServingOptions
+
+    return ServingOptions(signature_name=exec_properties.get("signature_name") or "serving_default",
+                          output_key=exec_properties.get("output_key") or None,
+                          outputs=exec_properties.get("outputs") or "auto", transform_graph=transform_graph)
+
+
+def resolve_serving(model_dir: str, options: Any, probe_pattern: str) -> Any:
+    """The options with output key, kind (logits / probabilities) and transform mode settled on the first
+    examples of ``probe_pattern``; ValueError naming what does not fit."""
+    from privacy_audit.components.membership_inference import serving_model as sm
+
+    resolved = sm.ServingModel(model_dir, options).resolve(sm.read_probe(probe_pattern))
+    _LOG.info("model %s: output %r read as %s (transform: %s)", model_dir, resolved.output_key, resolved.outputs,
+              resolved.transform_mode)
+    return resolved
+
+
+def check_baseline_model(baseline: Mapping[str, Any], model_uri: str, model_id: Optional[int]) -> None:
+    """ValueError when a baseline blessing (e.g. TFMA's) names another model than the audited one (its
+    ``current_model`` / ``current_model_id`` custom properties)."""
+    other_id, other_uri = baseline.get("current_model_id"), baseline.get("current_model")
+    if other_id is not None and model_id is not None and int(other_id) != int(model_id):
+        raise ValueError(f"baseline_blessing ({baseline.get('uri')}) blesses model id {other_id} at {other_uri}, "
+                         f"not the audited model id {model_id} at {model_uri}: wire the same Trainer's model")
+    if other_uri and os.path.normpath(str(other_uri)) != os.path.normpath(model_uri):
+        raise ValueError(f"baseline_blessing ({baseline.get('uri')}) blesses the model at {other_uri}, not the "
+                         f"audited model at {model_uri}: wire the same Trainer's model")
+
+
+def and_baseline(blessing: Dict[str, Any], baseline: Mapping[str, Any]) -> Dict[str, Any]:
+    """The privacy blessing ANDed with a baseline blessing (``{"blessed": bool | None, "uri": ...}``): not
+    blessed when the baseline is not (a baseline without a ``blessed`` value counts as not blessed, as for
+    TFX's Pusher). Records the baseline under ``baseline`` and ``privacy_blessed``."""
+    ok = bool(baseline.get("blessed"))
+    out = dict(blessing, privacy_blessed=bool(blessing["blessed"]),
+               baseline={k: baseline.get(k) for k in ("blessed", "uri", "current_model", "current_model_id")})
+    if not ok:
+        why = ("has no blessed property (an Evaluator without thresholds writes none)"
+               if baseline.get("blessed") is None else "is NOT_BLESSED")
+        out["reasons"] = list(blessing.get("reasons", [])) + [f"the baseline blessing {why} ({baseline.get('uri')})"]
+        out["blessed"] = False
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -425,6 +526,12 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                      if input_dict.get("model_run") else None)
         references = (artifact_utils.get_single_instance(input_dict["reference_models"])
                       if input_dict.get("reference_models") else None)
+        transform_graph = (artifact_utils.get_single_uri(input_dict["transform_graph"])
+                           if input_dict.get("transform_graph") else None)
+        baseline = None
+        if input_dict.get("baseline_blessing"):
+            baseline = _blessing_properties(artifact_utils.get_single_instance(input_dict["baseline_blessing"]))
+            check_baseline_model(baseline, model.uri, model.id or None)
         _, reference_attacks = split_attacks(exec_properties["attacks"])
         reference_options = parse_reference_options(exec_properties.get("reference_options"))
         if reference_attacks and references is None:
@@ -453,12 +560,21 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         ledger = _read_json(os.path.join(model_run.uri, "ledger.json")) if model_run is not None else None
         variant = (exec_properties.get("model_variant") or _custom(model, "model_variant")
                    or model_info.get("model_variant") or "model")
-        input_features = list(model_info.get("input_features") or [])
-        if not input_features:
-            _, names = beam_pipeline.inspect_split(members_pattern, f"the members split {members_split!r}")
-            input_features = examples_lib.feature_vector_keys(names, label_key, feature_keys)
+        serving = None
+        if model_format(model.uri) == "serving":
+            from privacy_audit.components.membership_inference.serving_model import SERVING_DIR
+
+            serving = resolve_serving(os.path.join(model.uri, SERVING_DIR),
+                                      serving_options(exec_properties, transform_graph), members_pattern)
         final_eps = _finite_or_none(ledger.get("epsilon")) if ledger else _finite_or_none(_custom(model, "epsilon"))
-        evaluated = models_to_evaluate(model.uri, variant, model_info, ledger, final_eps)
+        evaluated = models_to_evaluate(model.uri, variant, model_info, ledger, final_eps, serving)
+        # The feature vector only for models that take one (signature models parse the examples themselves).
+        input_features: List[str] = []
+        if any(m.serving is None for m, _ in evaluated):
+            input_features = list(model_info.get("input_features") or [])
+            if not input_features:
+                _, names = beam_pipeline.inspect_split(members_pattern, f"the members split {members_split!r}")
+                input_features = examples_lib.feature_vector_keys(names, label_key, feature_keys)
 
         private = model_info.get("private")
         if private is None and _custom(model, "private") is not None:
@@ -467,7 +583,11 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         targets: Dict[str, beam_pipeline.OutputTarget] = {}
         for m, md in evaluated:
             md = dict(md, private=private, delta=_finite_or_none(delta), members_split=members_split,
-                      nonmembers_split=nonmembers_split, label_key=label_key)
+                      nonmembers_split=nonmembers_split, label_key=label_key,
+                      model_format="keras" if m.serving is None else "saved_model_signature",
+                      checkpoints_audited=len(evaluated) - 1)
+            if m.serving is not None:
+                md["serving"] = m.serving.to_json()
             targets[m.key] = beam_pipeline.OutputTarget(
                 os.path.join(results_art.uri, RESULTS_DIR, f"{m.key}.json"), md)
         write_per_example = bool(exec_properties.get("write_per_example", 1))
@@ -499,19 +619,26 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 references_path=os.path.join(references.uri, SIGNALS_FILE), attacks=reference_attacks,
                 settings=settings, reference_options=reference_options, ledger=ledger,
                 per_example_path=(os.path.join(results_art.uri, PER_EXAMPLE_REFERENCE_DIR, f"{final_key}.parquet")
-                                  if per_example else None))
+                                  if per_example else None), serving=evaluated[-1][0].serving)
             final["metadata"]["reference_models"]["artifact"] = references.uri
             from privacy_audit.components.membership_inference import results as results_lib
 
             beam_pipeline._write_text(targets[final_key].results_path, results_lib.dumps_results(final) + "\n")
         audit = (_read_json(os.path.join(model_run.uri, ONE_RUN_AUDIT_FILE)) if model_run is not None else None)
         blessing = privacy_gate(final, thresholds, audit)
+        if baseline is not None:
+            blessing = and_baseline(blessing, baseline)
         blessing.update({"model_variant": variant, "evaluated": f"{RESULTS_DIR}/{final_key}.json",
-                         "epoch": final["metadata"].get("epoch"), "epsilon": final["metadata"].get("epsilon")})
+                         "epoch": final["metadata"].get("epoch"), "epsilon": final["metadata"].get("epsilon"),
+                         "model": model.uri})
         _write_json(os.path.join(blessing_art.uri, BLESSING_FILE), blessing)
+        # A standard ModelBlessing, as TFMA's Evaluator writes it: what TFX's Pusher checks.
         marker = "BLESSED" if blessing["blessed"] else "NOT_BLESSED"
         beam_pipeline._write_text(os.path.join(blessing_art.uri, marker), "")
         blessing_art.set_int_custom_property("blessed", int(blessing["blessed"]))
+        blessing_art.set_string_custom_property("current_model", model.uri)
+        if model.id:
+            blessing_art.set_int_custom_property("current_model_id", int(model.id))
         blessing_art.set_string_custom_property("model_variant", variant)
         results_art.set_string_custom_property("model_variant", variant)
         results_art.set_int_custom_property("n_results_files", len(entries))

@@ -13,14 +13,19 @@ Definitions (as TF Privacy's ``membership_inference_attack``, members positive):
 - ``auc``: exact trapezoidal area under that ROC (equals ``sklearn.metrics.roc_auc_score``).
 - ``attacker_advantage``: max over thresholds of |TPR - FPR| (Yeom et al. 2018, Def. 4, maximised).
 - ``ppv``: see :func:`metrics_from_counts`.
-- ``tpr_at_fpr``: the largest TPR of a threshold whose FPR <= target.
+- ``tpr_at_fpr``: the largest TPR of a threshold whose FPR <= target; null (and the key listed in
+  ``tpr_at_fpr_unresolved``) when the target is not resolvable (:func:`fpr_resolvable`).
+- ``auc_interval``: DeLong's interval (:func:`auc_interval_from_counts`); ``tpr_at_fpr_interval``:
+  Clopper-Pearson intervals on the TPR of the chosen threshold (:func:`metrics_from_counts`).
 - ``epsilon_lower_bound``: see :func:`epsilon_lower_bound`.
 
-Imports numpy and scipy.special only.
+Imports numpy and scipy.special only (and the standard library).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -37,6 +42,24 @@ DEFAULT_EPSILON_THRESHOLDS = 32
 def fpr_key(target: float) -> str:
     """The JSON key of an FPR target: 0.01 -> "0.01", 0.001 -> "0.001"."""
     return repr(float(target))
+
+
+def fpr_resolvable(n_nonmembers: float, target: float) -> bool:
+    """The resolvability rule: TPR at FPR ``target`` is reported only when the non-members allow at least
+    one false positive at that rate, ``n_nonmembers * target >= 1`` (n_nonmembers: the Kish effective count
+    with weights). With fewer than 1/target non-members "FPR <= target" means "no false positive at all",
+    a different and much noisier statistic (10 of 90 members above the top non-member happens by chance),
+    so the value is null and the key listed in ``tpr_at_fpr_unresolved``."""
+    return float(n_nonmembers) * float(target) >= 1.0 - 1e-9
+
+
+def check_metric_settings(confidence: float, fpr_targets: Sequence[float]) -> None:
+    """ValueError naming the problem: ``confidence`` must be in (0, 1), every FPR target in (0, 1)."""
+    if not (isinstance(confidence, numbers.Real) and 0.0 < float(confidence) < 1.0):
+        raise ValueError(f"confidence level must be in (0, 1), got {confidence!r}")
+    for t in fpr_targets:
+        if not (isinstance(t, numbers.Real) and 0.0 < float(t) < 1.0):
+            raise ValueError(f"FPR target must be in (0, 1) (e.g. 0.01 for 1%), got {t!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -131,6 +154,44 @@ def clopper_pearson_interval(k, n, confidence: float = DEFAULT_CONFIDENCE) -> Tu
     """Two-sided exact interval with coverage >= ``confidence`` (alpha / 2 in each tail)."""
     alpha = 1.0 - confidence
     return clopper_pearson_lower(k, n, alpha / 2), clopper_pearson_upper(k, n, alpha / 2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# AUC interval (DeLong)
+# ---------------------------------------------------------------------------------------------------------
+
+def auc_interval_from_counts(tp: np.ndarray, fp: np.ndarray, confidence: float = DEFAULT_CONFIDENCE,
+                             effective_n: Optional[Tuple[float, float]] = None
+                             ) -> Tuple[float, float, float]:
+    """DeLong et al. (1988) standard error and two-sided Wald interval of the ROC AUC, from the same
+    cumulative counts the AUC is computed from (so no second ROC path).
+
+    The AUC is the mean over members of their placement V10 = P(non-member score < s) + P(= s) / 2, and
+    the mean over non-members of V01 = P(member score > s) + P(= s) / 2; DeLong's variance is
+    var(V10) / n_members + var(V01) / n_nonmembers (sample variances; ties count half, as in the AUC).
+    Every example at one distinct score has the same placement, so the sums run over the histogram.
+
+    Args:
+      tp, fp: [K+1] cumulative (weighted) member / non-member counts at each ROC point (starting at 0).
+      confidence: two-sided level, in (0, 1).
+      effective_n: (members, non-members) sample sizes when counts are weighted (Kish); default the totals.
+    Returns:
+      ``(standard_error, lower, upper)``, the bounds clipped to [0, 1].
+    """
+    tp = np.asarray(tp, dtype=np.float64)
+    fp = np.asarray(fp, dtype=np.float64)
+    p, n = float(tp[-1]), float(fp[-1])
+    mc, nc = np.diff(tp), np.diff(fp)
+    auc = _auc_from_cumulative(tp, fp)
+    v10 = (n - fp[1:] + 0.5 * nc) / n     # members at each distinct score
+    v01 = (tp[:-1] + 0.5 * mc) / p        # non-members at each distinct score
+    n_m, n_n = effective_n if effective_n is not None else (p, n)
+    # Sample variances (weighted means of squares, Bessel-corrected with the effective sizes).
+    s10 = float(np.sum(mc * (v10 - auc) ** 2) / p) * n_m / max(n_m - 1.0, 1e-12)
+    s01 = float(np.sum(nc * (v01 - auc) ** 2) / n) * n_n / max(n_n - 1.0, 1e-12)
+    se = math.sqrt(max(s10 / n_m + s01 / n_n, 0.0))
+    z = float(special.ndtri(0.5 + confidence / 2.0))
+    return se, max(0.0, auc - z * se), min(1.0, auc + z * se)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -282,10 +343,14 @@ def metrics_from_counts(scores_sorted_desc_unique: np.ndarray, member_counts: np
       n_members, n_nonmembers: example counts to report (default: the rounded count totals).
       epsilon_thresholds: candidate thresholds per form for the ε bound.
     Returns a dict with ``n_members``, ``n_nonmembers``, ``auc``, ``attacker_advantage``, ``ppv``,
-    ``tpr_at_fpr`` ({key: float}), ``tpr_at_fpr_unresolved`` (keys whose target is below
-    1 / n_nonmembers: with fewer non-members than 1/target, FPR <= target means FPR = 0 and the value says
-    little), ``epsilon_lower_bound`` and ``epsilon_lower_bound_details``, ``roc`` ({"fpr": [...],
-    "tpr": [...]}, down-sampled) and ``roc_n_points`` (before down-sampling).
+    ``tpr_at_fpr`` ({key: float | None}), ``tpr_at_fpr_unresolved`` (keys whose target is below
+    1 / n_nonmembers, :func:`fpr_resolvable`: their TPR is None, never a number), ``tpr_at_fpr_interval``
+    ({key: [lo, hi] | None}: two-sided Clopper-Pearson on the members, at ``confidence``, for the true TPR
+    of the chosen threshold), ``tpr_at_fpr_achieved_fpr`` (that threshold's empirical FPR, <= target),
+    ``auc_interval`` ([lo, hi], DeLong, :func:`auc_interval_from_counts`) and ``auc_se``,
+    ``epsilon_lower_bound`` and ``epsilon_lower_bound_details``, ``roc`` ({"fpr": [...], "tpr": [...]},
+    down-sampled) and ``roc_n_points`` (before down-sampling).
+    Raises ValueError when ``confidence`` is outside (0, 1) or an FPR target is <= 0 or >= 1.
 
     PPV. TF Privacy's ``RocCurve.get_ppv`` is the maximum over ROC points of
     TPR / (TPR + γ·FPR) with γ = n_test / n_train, i.e. the best threshold's precision TP / (TP + FP),
@@ -297,6 +362,7 @@ def metrics_from_counts(scores_sorted_desc_unique: np.ndarray, member_counts: np
     (TF Privacy builds its threshold-attack ROC with the test set as the positive class, so its
     published ``ppv`` values are in that orientation; this one follows Jayaraman et al. 2020.)
     """
+    check_metric_settings(confidence, fpr_targets)
     s = np.asarray(scores_sorted_desc_unique, dtype=np.float64)
     mc = np.asarray(member_counts, dtype=np.float64)
     nc = np.asarray(nonmember_counts, dtype=np.float64)
@@ -326,14 +392,9 @@ def metrics_from_counts(scores_sorted_desc_unique: np.ndarray, member_counts: np
 
     n_m_eff = p * p / member_sq_weight_sum if member_sq_weight_sum else p
     n_n_eff = n * n / nonmember_sq_weight_sum if nonmember_sq_weight_sum else n
-    tpr_at: Dict[str, float] = {}
-    unresolved: List[str] = []
-    for target in fpr_targets:
-        key = fpr_key(target)
-        j = int(np.searchsorted(fp, target * n * (1 + 1e-12), side="right")) - 1
-        tpr_at[key] = float(tpr[j])
-        if n_n_eff * target < 1.0:
-            unresolved.append(key)
+    tpr_at, tpr_interval, fpr_achieved, unresolved = _tpr_at_targets(
+        tpr, fpr, fpr_targets, (n_m_eff, n_n_eff), confidence)
+    auc_se, auc_lo, auc_hi = auc_interval_from_counts(tp, fp, confidence, (n_m_eff, n_n_eff))
 
     eps = epsilon_lower_bound(tp, fp, p, n, delta=delta, confidence=confidence,
                               n_thresholds=epsilon_thresholds, effective_n=(n_m_eff, n_n_eff))
@@ -342,10 +403,17 @@ def metrics_from_counts(scores_sorted_desc_unique: np.ndarray, member_counts: np
         "n_members": int(n_members) if n_members is not None else int(round(p)),
         "n_nonmembers": int(n_nonmembers) if n_nonmembers is not None else int(round(n)),
         "auc": auc,
+        "auc_interval": [auc_lo, auc_hi],
+        "auc_se": auc_se,
         "attacker_advantage": advantage,
         "ppv": ppv,
         "tpr_at_fpr": tpr_at,
+        "tpr_at_fpr_interval": tpr_interval,
+        "tpr_at_fpr_achieved_fpr": fpr_achieved,
         "tpr_at_fpr_unresolved": unresolved,
+        "interval_details": {"confidence": float(confidence), "auc": "delong",
+                             "tpr_at_fpr": "clopper_pearson (TPR of the chosen threshold)",
+                             "resolvable_if": "n_nonmembers * fpr >= 1"},
         "epsilon_lower_bound": float(eps["epsilon_lower_bound"]),
         "epsilon_lower_bound_details": {
             "delta": float(delta), "confidence": float(confidence),
@@ -355,6 +423,30 @@ def metrics_from_counts(scores_sorted_desc_unique: np.ndarray, member_counts: np
         "roc": {"fpr": roc_fpr, "tpr": roc_tpr},
         "roc_n_points": int(fpr.size),
     }
+
+
+def _tpr_at_targets(tpr: np.ndarray, fpr: np.ndarray, fpr_targets: Sequence[float],
+                    effective_n: Tuple[float, float], confidence: float):
+    """Per FPR target: the TPR of the threshold with the largest TPR at FPR <= target, its two-sided
+    Clopper-Pearson interval (binomial in the members, given the threshold), and the FPR that threshold
+    really has. Unresolvable targets (:func:`fpr_resolvable`) get None everywhere and are listed."""
+    n_m, n_n = effective_n
+    tpr_at: Dict[str, Optional[float]] = {}
+    interval: Dict[str, Optional[List[float]]] = {}
+    achieved: Dict[str, Optional[float]] = {}
+    unresolved: List[str] = []
+    for target in fpr_targets:
+        key = fpr_key(target)
+        if not fpr_resolvable(n_n, target):
+            tpr_at[key] = interval[key] = achieved[key] = None
+            unresolved.append(key)
+            continue
+        j = int(np.searchsorted(fpr, target * (1 + 1e-12), side="right")) - 1
+        lo, hi = clopper_pearson_interval(tpr[j] * n_m, n_m, confidence)
+        tpr_at[key] = float(tpr[j])
+        interval[key] = [float(lo), float(hi)]
+        achieved[key] = float(fpr[j])
+    return tpr_at, interval, achieved, unresolved
 
 
 def _auc_from_cumulative(tp: np.ndarray, fp: np.ndarray) -> float:

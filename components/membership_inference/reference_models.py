@@ -66,10 +66,11 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from privacy_audit.components.common import io
 from privacy_audit.components.membership_inference.strong_attacks import ATTACKS, score_with_references
 
 __all__ = ["inclusion_matrix", "TrainingRecipe", "train_reference_models", "train_reference_model",
-           "train_for_trainer_recipe", "ModelBuilder", "save_reference_signals", "load_reference_signals",
+           "train_for_trainer_recipe", "train_with_user_trainer", "ModelBuilder", "save_reference_signals", "load_reference_signals",
            "load_reference_file", "ReferenceSignals", "REFERENCE_ATTACKS", "resolve_attack_options",
            "reference_attack_scores", "score_with_references", "reference_attack_results"]
 
@@ -313,7 +314,7 @@ def train_reference_models(build_model_fn: Callable[[], Any], x_population, y_po
                                   f"{getattr(build_model_fn, '__qualname__', repr(build_model_fn))}"}
     if cache_path is not None:
         metadata["architecture_fingerprint"] = _architecture_fingerprint(build_model_fn)
-        if os.path.exists(cache_path):
+        if io.exists(cache_path):
             signals, cached_mask, cached_md = load_reference_signals(cache_path)
             same = all(cached_md.get(key) == metadata[key] for key in
                        ("format_version", "k", "m", "seed", "fraction", "recipe", "population_fingerprint",
@@ -500,6 +501,97 @@ def train_for_trainer_recipe(output_path: str, config: Any, *, x_members: np.nda
     return ReferenceSignals(signals["logits"], in_mask, examples=examples, metadata=metadata)
 
 
+def _subset_fraction(n_target: int, m: int, k: int, fraction: Optional[float]) -> Tuple[float, float]:
+    """``(wanted, used)`` share of the population per reference: the target's share by default, kept within
+    [1/K, (K-1)/K] so that every example has an IN and an OUT model."""
+    wanted = n_target / m if fraction is None else float(fraction)
+    if not 0.0 < wanted < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), got {wanted}")
+    return wanted, min(max(wanted, 1.0 / k), (k - 1.0) / k)
+
+
+def write_examples_split(directory: str, split: str, serialized: Sequence[bytes]) -> str:
+    """Writes serialized tf.Examples as one GZIP TFRecord file of a TFX Examples layout
+    (``directory/Split-<split>/data_tfrecord-00000-of-00001.gz``); returns the split directory."""
+    import tensorflow as tf
+
+    split_dir = os.path.join(directory, f"Split-{split}")
+    tf.io.gfile.makedirs(split_dir)
+    path = os.path.join(split_dir, "data_tfrecord-00000-of-00001.gz")
+    with tf.io.TFRecordWriter(path + ".tmp", options="GZIP") as w:
+        for record in serialized:
+            w.write(record)
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+    return split_dir
+
+
+def train_with_user_trainer(output_path: str, train_reference: Callable[[int, str, int], str], *,
+                            members: Sequence[bytes], nonmembers: Sequence[bytes], label_key: str, work_dir: str,
+                            serving_options: Any, k: int = 4, seed: int = 0, fraction: Optional[float] = None,
+                            transform: Optional[Callable[[Sequence[bytes]], List[bytes]]] = None,
+                            split_names: Tuple[str, str] = ("train", "eval"), keep_models: bool = False,
+                            metadata: Optional[Mapping[str, Any]] = None) -> ReferenceSignals:
+    """K reference models trained by a user's own trainer (a TFX ``run_fn``) on balanced seeded subsets of
+    the population (the target's members then its non-members, serialized raw tf.Examples); writes
+    ``output_path`` like :func:`train_for_trainer_recipe` (logits [K, M, C], in_mask [K, M], per-example sha1,
+    id, label, split).
+
+    Args:
+      train_reference: ``(index, examples_dir, model_seed) -> serving_model_dir``: trains reference ``index``
+        on ``examples_dir`` (a TFX Examples layout: ``Split-train`` = its IN examples, ``Split-eval`` = the
+        rest of the population) and returns the SavedModel directory it wrote.
+      members, nonmembers: serialized raw tf.Examples of the two splits.
+      label_key: the integer label feature.
+      work_dir: scratch directory (one sub-directory per reference; removed unless ``keep_models``).
+      serving_options: :class:`serving_model.ServingOptions` to read each reference's signature (as the
+        evaluator reads the target); probabilities are stored as log-probabilities.
+      k, seed, fraction: the design (:func:`inclusion_matrix`; default fraction: the target's share).
+      transform: raw serialized examples -> the examples the trainer reads (e.g. Transform's output).
+    """
+    from privacy_audit.components.membership_inference import serving_model as sm
+
+    # A canonical order (by example digest): ExampleGen's shard order changes between runs, the design must not.
+    members, nonmembers = (sorted(side, key=lambda r: sm.example_columns([r], label_key).example_hashes[0])
+                           for side in (members, nonmembers))
+    population = list(members) + list(nonmembers)
+    cols = sm.example_columns(population, label_key)
+    sha1 = np.asarray(cols.example_hashes)
+    if len(np.unique(sha1)) != len(sha1):
+        raise ValueError(f"{len(sha1) - len(np.unique(sha1))} examples appear twice in the population (same "
+                         "serialized example): their reference inclusion would be ambiguous; deduplicate the splits")
+    wanted, used = _subset_fraction(len(members), len(population), k, fraction)
+    in_mask = inclusion_matrix(k, len(population), seed=seed, fraction=used)
+    trained_on = transform(population) if transform is not None else population
+    seeds = _model_seeds(seed, k)
+    logits, kinds, times = [], [], []
+    for i in range(k):
+        directory = os.path.join(work_dir, f"reference_{i:03d}")
+        write_examples_split(directory, "train", [trained_on[j] for j in np.flatnonzero(in_mask[i])])
+        write_examples_split(directory, "eval", [trained_on[j] for j in np.flatnonzero(~in_mask[i])])
+        t0 = time.perf_counter()
+        serving_dir = train_reference(i, directory, seeds[i])
+        times.append(time.perf_counter() - t0)
+        model = sm.ServingModel(serving_dir, serving_options)
+        model.resolve(population[:64])
+        scores = np.concatenate([model(population[j:j + 256]) for j in range(0, len(population), 256)])
+        logits.append(sm.as_logits(scores, model.kind).astype(np.float32))
+        kinds.append(model.kind)
+        if not keep_models:
+            io.rmtree(directory)
+    if not keep_models:
+        io.rmtree(work_dir)
+    md = dict(metadata or {})
+    md.update({"format_version": FORMAT_VERSION, "k": k, "seed": int(seed), "fraction": used,
+               "fraction_wanted": wanted, "target_n_examples": len(members), "trainer": "user run_fn",
+               "model_seeds": seeds, "outputs": kinds, "train_seconds": times,
+               "serving": serving_options.to_json(), "split_names": list(split_names)})
+    split = np.asarray([split_names[0]] * len(members) + [split_names[1]] * len(nonmembers))
+    examples = {"sha1": sha1, "id": sha1_to_id(sha1), "label": cols.y, "split": split}
+    stacked = np.stack(logits)
+    save_reference_signals(output_path, {"logits": stacked}, in_mask, md, examples)
+    return ReferenceSignals(stacked, in_mask, examples=examples, metadata=md)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Storage (.npz, no pickle)
 # ---------------------------------------------------------------------------------------------------------
@@ -529,11 +621,7 @@ def save_reference_signals(path: str, signals: Mapping[str, np.ndarray], in_mask
         arrays[f"signal_{name}"] = arr
     arrays["in_mask"] = in_mask
     arrays["metadata_json"] = np.array(json.dumps(dict(metadata or {}), sort_keys=True, allow_nan=False))
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    io.save_npz(path, arrays)
 
 
 def load_reference_signals(path: str) -> Tuple[Dict[str, np.ndarray], np.ndarray, Dict[str, Any]]:
@@ -544,14 +632,13 @@ def load_reference_signals(path: str) -> Tuple[Dict[str, np.ndarray], np.ndarray
 
 def load_reference_file(path: str) -> "ReferenceSignals":
     """Reads a file written by :func:`save_reference_signals` (with its per-example columns, if any)."""
-    with np.load(path, allow_pickle=False) as data:
-        names = set(data.files)
-        if "in_mask" not in names or "metadata_json" not in names:
-            raise ValueError(f"{path}: not a reference-signals file (needs in_mask and metadata_json)")
-        signals = {n[len("signal_"):]: data[n] for n in data.files if n.startswith("signal_")}
-        in_mask = data["in_mask"].astype(bool)
-        metadata = json.loads(str(data["metadata_json"]))
-        examples = {n[len("example_"):]: data[n] for n in data.files if n.startswith("example_")}
+    data = io.load_npz(path)
+    if "in_mask" not in data or "metadata_json" not in data:
+        raise ValueError(f"{path}: not a reference-signals file (needs in_mask and metadata_json)")
+    signals = {n[len("signal_"):]: data[n] for n in data if n.startswith("signal_")}
+    in_mask = data["in_mask"].astype(bool)
+    metadata = json.loads(str(data["metadata_json"]))
+    examples = {n[len("example_"):]: data[n] for n in data if n.startswith("example_")}
     if metadata.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
         raise ValueError(f"{path}: unsupported format_version {metadata.get('format_version')!r}")
     if "logits" not in signals:

@@ -5,7 +5,9 @@
                   "epsilon": f|null, ...},
      "results": [{"slice": {...}, "attack": str, "n_members": int, "n_nonmembers": int, "auc": f,
                   "attacker_advantage": f, "ppv": f, "tpr_at_fpr": {"0.01": f, "0.001": f},
-                  "epsilon_lower_bound": f, "roc": {"fpr": [...], "tpr": [...]}, ...}],
+                  "epsilon_lower_bound": f, "roc": {"fpr": [...], "tpr": [...]},
+                  "auc_interval": [lo, hi], "tpr_at_fpr_interval": {"0.01": [lo, hi], "0.001": null},
+                  "tpr_at_fpr_unresolved": ["0.001"], ...}],
      "skipped_slices": [{"slice": {...}, "n_members": int, "n_nonmembers": int, "reason": str}]}
 
 Extra keys are allowed everywhere (readers must ignore what they do not know). JSON is strict: NaN and
@@ -16,8 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 SCHEMA_VERSION = 1
@@ -117,6 +117,38 @@ def _slice(s: Any, path: str) -> None:
             _fail(f"{path}.value", f"correctly_classified slices need a boolean value, got {v!r}")
 
 
+def _interval(v: Any, path: str) -> None:
+    if not (isinstance(v, list) and len(v) == 2 and all(_is_number(x) and -1e-12 <= x <= 1 + 1e-12 for x in v)
+            and v[0] <= v[1] + 1e-12):
+        _fail(path, f"expected [lower, upper] with 0 <= lower <= upper <= 1, got {v!r}")
+
+
+def _intervals(r: Mapping[str, Any], path: str) -> None:
+    """The optional interval fields (older files have none): ``auc_interval`` [lo, hi] around ``auc``,
+    ``tpr_at_fpr_interval`` {key: [lo, hi] | null}; a key in ``tpr_at_fpr_unresolved`` has a null TPR
+    (an unresolvable TPR is never a number)."""
+    if r.get("auc_interval") is not None:
+        _interval(r["auc_interval"], f"{path}.auc_interval")
+        lo, hi = r["auc_interval"]
+        if not lo - 1e-9 <= r["auc"] <= hi + 1e-9:
+            _fail(f"{path}.auc_interval", f"{r['auc_interval']!r} does not contain auc {r['auc']!r}")
+    intervals = r.get("tpr_at_fpr_interval")
+    if intervals is not None:
+        if not isinstance(intervals, Mapping):
+            _fail(f"{path}.tpr_at_fpr_interval", f"expected an object, got {intervals!r}")
+        for key, v in intervals.items():
+            if v is not None:
+                _interval(v, f"{path}.tpr_at_fpr_interval.{key}")
+    unresolved = r.get("tpr_at_fpr_unresolved")
+    if unresolved is not None:
+        if not isinstance(unresolved, list):
+            _fail(f"{path}.tpr_at_fpr_unresolved", f"expected a list of FPR keys, got {unresolved!r}")
+        for key in unresolved:
+            if r["tpr_at_fpr"].get(key) is not None:
+                _fail(f"{path}.tpr_at_fpr.{key}", f"is {r['tpr_at_fpr'][key]!r} but the FPR is listed as "
+                      "unresolved (too few non-members): it must be null")
+
+
 def _result(r: Any, path: str) -> None:
     if not isinstance(r, Mapping):
         _fail(path, f"expected an object, got {type(r).__name__}")
@@ -138,6 +170,7 @@ def _result(r: Any, path: str) -> None:
         except ValueError:
             _fail(f"{path}.tpr_at_fpr", f"key {key!r} is not an FPR value")
         _number(tpr_at, key, f"{path}.tpr_at_fpr", lo=0.0, hi=1.0, nullable=True)
+    _intervals(r, path)
     roc = r.get("roc")
     if not isinstance(roc, Mapping):
         _fail(f"{path}.roc", f"expected an object {{\"fpr\": [...], \"tpr\": [...]}}, got {roc!r}")
@@ -200,25 +233,11 @@ def dumps_results(obj: Mapping[str, Any]) -> str:
 
 
 def write_results(path: str, obj: Mapping[str, Any]) -> None:
-    """Validates and writes ``obj`` to ``path`` atomically: a temporary file in the same directory, flushed
-    and fsynced, then ``os.replace`` (readers never see a partial file). Creates the parent directory."""
-    text = dumps_results(obj)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Validates and writes ``obj`` to ``path`` (any scheme) atomically with :func:`common.io.write_text`
+    (readers never see a partial file). Creates the parent directory."""
+    from privacy_audit.components.common import io
+
+    io.write_text(path, dumps_results(obj) + "\n")
 
 
 def _refuse_constant(name: str) -> None:
@@ -240,9 +259,9 @@ def loads_results(text: str, source: str = "results") -> Dict[str, Any]:
 
 def read_results(path: str) -> Dict[str, Any]:
     """Reads and validates a results file; ResultsValidationError names the file and the bad field."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    return loads_results(text, source=path)
+    from privacy_audit.components.common import io
+
+    return loads_results(io.read_text(path), source=path)
 
 
 def max_metric(obj: Mapping[str, Any], metric: str) -> Optional[float]:

@@ -11,8 +11,11 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from tfx.types import standard_artifacts
 
-from privacy_audit.components.membership_inference.component import MembershipInferenceResults, PrivacyBlessing
+from privacy_audit.components.membership_inference.component import MembershipInferenceResults
 from privacy_audit.components.privacy_report import executor
+
+# The evaluator's blessing is a standard ModelBlessing (Pusher takes it) with blessing.json inside.
+PrivacyBlessing = standard_artifacts.ModelBlessing
 
 __all__ = ["MembershipInferenceResults", "PrivacyBlessing", "PrivacyReport", "PrivacyReportGenerator",
            "PrivacyReportGeneratorSpec", "input_keys"]
@@ -36,6 +39,9 @@ class PrivacyReportGeneratorSpec(types.ComponentSpec):
         # Trend over earlier runs: read from ML Metadata when the executor can open it (local SQLite).
         "pipeline_name_for_trend": ExecutionParameter(type=str, optional=True),
         "metadata_sqlite_path": ExecutionParameter(type=str, optional=True),
+        # The audit history (one file per run; the trend's source on every runner) and the drift gate.
+        "history_uri": ExecutionParameter(type=str, optional=True),
+        "max_auc_increase": ExecutionParameter(type=float, optional=True),
     }
     # With several channels per group the spec gains "<group>_1", "<group>_2", ... (see _spec_class).
     INPUTS = {
@@ -85,7 +91,7 @@ class PrivacyReportGenerator(base_component.BaseComponent):
     pools every artifact of a group):
       attack_results: MembershipInferenceResults (<uri>/index.json, <uri>/results/*.json).
       ledgers: ModelRun artifacts holding ledger.json (DP ε per variant). Optional.
-      blessings: PrivacyBlessing artifacts (<uri>/blessing.json). Optional; without one a
+      blessings: the evaluators' ModelBlessing artifacts (<uri>/blessing.json). Optional; without one a
         variant is reported as "no gate".
     Output ``report``: PrivacyReport (<uri>/report.html, <uri>/summary.json, <uri>/*.png).
     Variants are matched by model_variant (results metadata, ledger, blessing).
@@ -96,16 +102,21 @@ class PrivacyReportGenerator(base_component.BaseComponent):
 
     def __init__(self, attack_results: ChannelOrChannels, ledgers: Optional[ChannelOrChannels] = None,
                  blessings: Optional[ChannelOrChannels] = None, *, title: str = "Privacy audit report",
-                 pipeline_name_for_trend: Optional[str] = None, metadata_sqlite_path: Optional[str] = None):
+                 pipeline_name_for_trend: Optional[str] = None, metadata_sqlite_path: Optional[str] = None,
+                 history_uri: Optional[str] = None, max_auc_increase: Optional[float] = None):
         """
         Args:
           attack_results: channel(s) of MembershipInferenceResults.
           ledgers: channel(s) of ModelRun with ledger.json.
-          blessings: channel(s) of PrivacyBlessing.
+          blessings: channel(s) of the evaluators' ModelBlessing.
           title: the report's title.
           pipeline_name_for_trend: pipeline whose earlier reports make the trend (default: this
             pipeline, when metadata_sqlite_path is given).
-          metadata_sqlite_path: the ML Metadata SQLite file of local runs; the trend is skipped
+          history_uri: folder of the audit history (history.py): the trend reads it and this run adds one
+            file to it; any scheme (gs://...). When given, ML Metadata is not read for the trend.
+          max_auc_increase: drift gate: refuse the blessing (summary ``blessed``, ``all_blessed``) of a variant
+            whose entire-data-set max AUC rose by more than this over the previous run in the history.
+          metadata_sqlite_path: the ML Metadata SQLite file of local runs (trend source without history_uri); the trend is skipped
             without it (executors get no metadata connection from TFX).
         """
         groups = {"attack_results": _channels(attack_results, "attack_results"),
@@ -117,6 +128,7 @@ class PrivacyReportGenerator(base_component.BaseComponent):
         inputs = {key: channel for group, channels in groups.items()
                   for key, channel in zip(input_keys(group, len(channels)), channels)}
         spec = spec_class(title=title, pipeline_name_for_trend=pipeline_name_for_trend,
-                          metadata_sqlite_path=metadata_sqlite_path, report=types.Channel(type=PrivacyReport),
+                          metadata_sqlite_path=metadata_sqlite_path, history_uri=history_uri,
+                          max_auc_increase=max_auc_increase, report=types.Channel(type=PrivacyReport),
                           **inputs)
         super().__init__(spec=spec)

@@ -1,24 +1,26 @@
 """PrivacyReportGenerator executor: unpacks artifacts into plain results/ledgers/blessings for html_report.
 
-Artifact files are read with TFX's fileio (local paths, gs://, ...). The report is written by
-html_report.write_report straight into a local output URI, or into a local staging directory
-that is then copied to a remote one.
+Artifact files are read and written through common.io (local paths, gs://, s3://, ...). After the report,
+this run's headline metrics are appended to the audit history (history.py) under ``history_uri``, which
+also gives the trend of earlier runs without any ML Metadata connection.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
 import posixpath
-import tempfile
-from typing import Any, Dict, List, Optional
+import uuid
+from typing import Any, Dict, List, Optional, Tuple
 
 from tfx import types
 from tfx.dsl.components.base import base_executor
-from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
 
+from privacy_audit.components.common import io
+from privacy_audit.components.privacy_report import history as history_lib
 from privacy_audit.components.privacy_report import load
 from privacy_audit.components.privacy_report.html_report import write_report
 from privacy_audit.components.privacy_report.load import ReportInputError
@@ -36,11 +38,10 @@ def _join(uri: str, *parts: str) -> str:
 
 
 def _read_json(path: str) -> Dict[str, Any]:
-    if not fileio.exists(path):
+    if not io.exists(path):
         raise ReportInputError(path, None, "file not found")
     try:
-        with fileio.open(path, "r") as f:
-            data = json.loads(f.read())
+        data = json.loads(io.read_text(path))
     except ValueError as e:
         raise ReportInputError(path, None, f"not valid JSON ({e})") from None
     if not isinstance(data, dict):
@@ -59,7 +60,7 @@ def _results_paths(artifact: types.Artifact) -> List[str]:
     """The results files of one MembershipInferenceResults artifact: index.json's list, else results/*.json."""
     uri = artifact.uri
     index_path = _join(uri, INDEX_FILE)
-    if fileio.exists(index_path):
+    if io.exists(index_path):
         entries = _read_json(index_path).get("results")
         if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
             raise ReportInputError(index_path, "results", "must be a list of paths relative to the artifact")
@@ -70,7 +71,7 @@ def _results_paths(artifact: types.Artifact) -> List[str]:
                 raise ReportInputError(index_path, "results", f"path {rel!r} leaves the artifact directory")
             paths.append(_join(uri, *normalized.split("/")))
     else:
-        paths = sorted(fileio.glob(_join(uri, RESULTS_DIR, "*.json")))
+        paths = io.glob(_join(uri, RESULTS_DIR, "*.json"))
     if not paths:
         raise ReportInputError(uri, None, "the MembershipInferenceResults artifact holds no results files")
     return paths
@@ -109,7 +110,7 @@ def read_model_run(uri: str) -> load.Ledger:
 
     ledger = load.read_ledger(_read_json(_join(uri, LEDGER_FILE)), name=_join(uri, LEDGER_FILE))
     audit_path = _join(uri, ONE_RUN_AUDIT_FILE)
-    if fileio.exists(audit_path):
+    if io.exists(audit_path):
         ledger = dataclasses.replace(ledger, one_run_audit=load.read_one_run_audit(_read_json(audit_path),
                                                                                      name=audit_path))
     return ledger
@@ -117,7 +118,16 @@ def read_model_run(uri: str) -> load.Ledger:
 
 class Executor(base_executor.BaseExecutor):
 
-    def _history(self, exec_properties: Dict[str, Any], report_uri: str) -> Optional[List[Dict[str, Any]]]:
+    def _history(self, exec_properties: Dict[str, Any], report_uri: str) -> Tuple[Optional[List[Dict[str, Any]]], List[str]]:
+        """(trend entries of earlier runs, warnings): from the audit history when ``history_uri`` is set, else
+        from a local ML Metadata SQLite file (runs recorded before the history existed)."""
+        history_uri = exec_properties.get("history_uri")
+        if history_uri:
+            entries, warnings = history_lib.read(history_uri)
+            return entries, warnings
+        return self._history_from_mlmd(exec_properties, report_uri), []
+
+    def _history_from_mlmd(self, exec_properties: Dict[str, Any], report_uri: str) -> Optional[List[Dict[str, Any]]]:
         sqlite_path = exec_properties.get("metadata_sqlite_path")
         pipeline_name = exec_properties.get("pipeline_name_for_trend")
         if not pipeline_name and self._context is not None and self._context.pipeline_info is not None:
@@ -141,19 +151,20 @@ class Executor(base_executor.BaseExecutor):
         ledgers = [read_model_run(a.uri) for a in pooled_inputs(input_dict, "ledgers")]
         variants = list(dict.fromkeys(r.model_variant for r in results))
         blessings = read_blessings(pooled_inputs(input_dict, "blessings"), variants)
-        history = self._history(exec_properties, report.uri)
-        run_id = (self._context.pipeline_run_id if self._context is not None else None) or "current"
+        history, history_warnings = self._history(exec_properties, report.uri)
+        # KFP's container entry point gives no pipeline run id: a time-stamped one keeps runs apart in the trend.
+        run_id = (self._context.pipeline_run_id if self._context is not None else None) or \
+            f"run-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
         title = exec_properties.get("title") or "Privacy audit report"
-
-        if "://" in report.uri:
-            with tempfile.TemporaryDirectory(prefix="privacy_report_") as staging:
-                outputs = write_report(staging, results, ledgers, history, title, blessings=blessings, run_id=run_id)
-                for name in sorted(os.listdir(staging), key=lambda n: n == "report.html"):
-                    fileio.copy(os.path.join(staging, name), _join(report.uri, name), overwrite=True)
-        else:
-            outputs = write_report(report.uri, results, ledgers, history, title, blessings=blessings, run_id=run_id)
-
+        max_auc_increase = exec_properties.get("max_auc_increase")
+        outputs = write_report(report.uri, results, ledgers, history, title, blessings=blessings, run_id=run_id,
+                               max_auc_increase=None if max_auc_increase is None else float(max_auc_increase),
+                               history_warnings=history_warnings)
         summary = outputs.summary
+        if exec_properties.get("history_uri"):
+            path = history_lib.append(exec_properties["history_uri"], summary, run_id)
+            logging.info("PrivacyReportGenerator: audit history entry %s", path)
+        report.set_int_custom_property("trend_alert", int(bool(summary["trend_alert"]["alert"])))
         report.set_int_custom_property("all_blessed", int(bool(summary["all_blessed"])))
         report.set_string_custom_property("variants", json.dumps([v["name"] for v in summary["variants"]]))
         logging.info("PrivacyReportGenerator wrote %s\n%s", _join(report.uri, "report.html"), text_summary(summary))

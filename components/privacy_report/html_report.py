@@ -5,9 +5,9 @@ Content-Security-Policy forbids scripts and network loads), so it can be archive
 one file. Every value that comes from the data is escaped with `html.escape`: a slice or variant
 named "<script>…" shows as text.
 
-Outputs are written to temporary names in the output directory and moved into place with
-os.replace only when all of them are complete, so a crash never leaves a half-written file and
-an earlier run's report stays intact until the new one is ready.
+Outputs are written to temporary names in the output directory and renamed only when all of them are
+complete (common.io.write_files, on any scheme), so a crash never leaves a half-written file and an
+earlier run's report stays intact until the new one is ready.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import html
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from privacy_audit.components.common import io
 from privacy_audit.components.membership_inference.results import to_jsonable
 from privacy_audit.components.privacy_report import plots as plots_lib
 from privacy_audit.components.privacy_report.load import (
@@ -43,6 +43,7 @@ from privacy_audit.components.privacy_report.summary import (
     build_summary,
     format_epsilon,
     format_number,
+    resolved_tpr,
 )
 
 REPORT_FILE = "report.html"
@@ -70,6 +71,20 @@ METRIC_EXPLANATIONS = (
                           "training run of the same recipe; the correct membership guesses prove ε at least this "
                           "large at the stated confidence. Above the accountant's ε, the DP training is broken and "
                           "the model is not blessed."),
+    ("f-DP one-run audit", "The same canaries analysed with the f-DP audit of Mahloujifar, Melis and Chaudhuri "
+                           "(2024): it tests the claim that training is as private as a Gaussian mechanism with the "
+                           "stated (ε, δ), whose trade-off curve is tighter than the worst case (ε, δ) mechanism "
+                           "Steinke et al.'s analysis assumes, so it proves larger lower bounds from the same guesses."),
+    ("DP region", "For a private variant, the part of the ROC plane its guarantee allows (shaded boundary on the "
+                  "ROC plots): TPR ≤ min over δ of e^ε(δ)·FPR + δ, and the mirror bound, with ε(δ) the accountant's "
+                  "privacy profile. A variant is DP-consistent when every resolvable measured point, with its "
+                  "interval (simultaneous over all points), stays inside; outside means the training leaks more "
+                  "than its ε allows."),
+    ("Intervals, unresolved", "95% intervals: DeLong for AUCs, Clopper–Pearson for TPRs (of the chosen threshold). "
+                              "A TPR at an FPR below 1 / (number of non-members) is “unresolved” and never a "
+                              "number. “Above no-leakage band” marks a maximum that stays significant after Holm's "
+                              "correction over all slices × attacks (5% family-wise error); “within noise” one that "
+                              "does not."),
     ("LiRA, RMIA", "Attacks with reference models, each trained with the same recipe on a random subset of the "
                    "members and non-members as large as the training set: "
                    "they compare each example's output with how models that did and did not train on it behave "
@@ -95,6 +110,7 @@ h2 { font-size:19px; margin:0 0 10px; color:#17233a; }
 h3 { font-size:16px; margin:22px 0 8px; overflow-wrap:break-word; }
 p.lead { color:var(--muted); margin:0 0 12px; }
 .verdict { display:inline-block; margin-top:14px; padding:6px 14px; border-radius:999px; font-weight:600; font-size:14px; }
+.verdict.none { background:#eceff3; color:#333a48; }
 .verdict.ok { background:var(--ok-bg); color:var(--ok); } .verdict.bad { background:var(--bad-bg); color:var(--bad); }
 .scroll { overflow-x:auto; }
 table { border-collapse:collapse; width:100%; font-size:14px; }
@@ -117,6 +133,17 @@ figcaption { color:var(--muted); font-size:13.5px; margin-top:6px; }
 .small { font-size:13px; color:var(--muted); }
 details summary { cursor:pointer; color:var(--accent); margin:10px 0 6px; font-size:14px; }
 code { font-family: "SFMono-Regular", Menlo, Consolas, "DejaVu Sans Mono", monospace; font-size:12.5px; overflow-wrap:anywhere; }
+table.dense { font-size:13px; } table.dense th, table.dense td { padding:5px 6px; }
+table.dense th { white-space:normal; font-size:12.5px; }
+table.dense td.name { min-width:80px; max-width:170px; }
+table.compact { font-size:13px; table-layout:fixed; }
+table.compact th, table.compact td { padding:5px 6px; }
+table.compact th { overflow-wrap:anywhere; white-space:normal; font-size:12.5px; }
+table.compact td.num { white-space:nowrap; overflow:hidden; text-overflow:ellipsis; }
+table.compact td.slice { overflow-wrap:anywhere; }
+.ci { display:block; font-size:11.5px; color:var(--muted); font-weight:normal; }
+.unres { color:var(--muted); font-size:12px; font-style:italic; }
+.dpnote { margin:6px 0; } .dpnote .badge { margin-right:6px; }
 footer { color:var(--muted); font-size:12.5px; max-width:1240px; margin:0 auto; padding:0 40px 30px; }
 """
 
@@ -180,7 +207,7 @@ def _figure(png: bytes | None, alt: str, caption: str) -> str:
 
 
 def _gate_badge(row: Mapping[str, Any]) -> str:
-    if not row.get("gate_evaluated"):
+    if not row.get("gate_configured", row.get("gate_evaluated")):
         return '<span class="badge none">no gate</span>'
     if row.get("blessed"):
         return '<span class="badge ok">blessed</span>'
@@ -208,6 +235,9 @@ def _audit_cell(row: Mapping[str, Any]) -> str:
     if not audit:
         return "–"
     text = _e(format_number(audit.get("epsilon_lower_bound"), 2))
+    if audit.get("fdp_epsilon_lower_bound") is not None:
+        text += (f'<span class="ci">Steinke et al.; f-DP (Mahloujifar et al.): '
+                 f'{_e(format_number(audit["fdp_epsilon_lower_bound"], 2))}</span>')
     details = []
     if audit.get("accountant_epsilon") is not None:
         details.append(f"vs ε = {format_number(audit['accountant_epsilon'], 2)}")
@@ -224,14 +254,86 @@ def _audit_cell(row: Mapping[str, Any]) -> str:
     return text
 
 
+def _interval_text(interval: Sequence[float] | None, digits: int = 3) -> str:
+    if not interval:
+        return ""
+    return f'<span class="ci">[{_e(format_number(interval[0], digits))}, {_e(format_number(interval[1], digits))}]</span>'
+
+
+def _value_with_interval(value: float | None, interval: Sequence[float] | None, unresolved: bool = False,
+                         digits: int = 3) -> str:
+    """A number with its 95% interval below it; "unresolved" (never a number) when the slice's
+    non-members cannot resolve the FPR."""
+    if unresolved:
+        return '<span class="unres">unresolved</span>'
+    return _e(format_number(value, digits)) + _interval_text(interval, digits)
+
+
+def _headline_cells(row: Mapping[str, Any]) -> str:
+    """The entire data set's best attack: AUC and TPR at 1% / 0.1% FPR with 95% intervals."""
+    h = row.get("entire_dataset")
+    if not h:
+        return "<td>–</td><td class=num>–</td><td class=num>–</td><td class=num>–</td>"
+    unresolved = set(h.get("tpr_at_fpr_unresolved") or [])
+    return (f"<td>{_e(h['attack'])}</td>"
+            f"<td class=num>{_value_with_interval(h.get('auc'), h.get('auc_interval'))}</td>"
+            f"<td class=num>{_value_with_interval(h.get('tpr_at_fpr_0.01'), h.get('tpr_at_fpr_0.01_interval'), '0.01' in unresolved)}</td>"
+            f"<td class=num>{_value_with_interval(h.get('tpr_at_fpr_0.001'), h.get('tpr_at_fpr_0.001_interval'), '0.001' in unresolved)}</td>")
+
+
+def _significance_note(flag: Any) -> str:
+    if flag is None:
+        return ""
+    text = "above no-leakage band" if flag else "within noise"
+    return f'<span class="ci">{text}</span>'
+
+
+def _dp_cell(row: Mapping[str, Any]) -> str:
+    if not row.get("private"):
+        return "–"
+    flag = row.get("dp_consistent")
+    if flag is None:
+        return '<span class="badge none">no ledger</span>'
+    return '<span class="badge ok">inside</span>' if flag else '<span class="badge bad">outside: DP broken</span>'
+
+
+def _dp_region_notes(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One plain sentence per private variant: inside its DP region or not, and why not."""
+    notes = []
+    for r in rows:
+        if not r.get("private"):
+            continue
+        info = r.get("dp_consistency") or {}
+        name = _e(r["name"])
+        if r.get("dp_consistent") is None:
+            notes.append(f'<p class="dpnote"><span class="badge none">?</span>{name}: no privacy ledger with '
+                         "DP events, so its DP region cannot be drawn.</p>")
+        elif r["dp_consistent"]:
+            checked = (info.get("region") or {}).get("points_checked", 0)
+            inside = (info.get("region") or {}).get("intervals_inside", 0)
+            notes.append(f'<p class="dpnote"><span class="badge ok">DP-consistent</span>{name}: none of its '
+                         f"{checked} resolvable attack points lies outside the region its DP guarantee allows "
+                         f"beyond its interval (simultaneous 95%; {inside} of them have their whole interval "
+                         "inside), and no empirical ε lower bound exceeds the accountant's ε.</p>")
+        else:
+            reasons = "; ".join(_e(x) for x in info.get("reasons", [])[:5])
+            more = len(info.get("reasons", [])) - 5
+            notes.append(f'<p class="dpnote"><span class="badge bad">NOT DP-consistent</span>{name}: the run leaks '
+                         f"more than its DP guarantee allows, so the DP training or its accounting is broken: "
+                         f"{reasons}{f' (and {more} more)' if more > 0 else ''}.</p>")
+    return "".join(notes)
+
+
 def _summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
     # The one-run audit column only when some variant ran the audit (DPTrainer audit_canaries).
     audited = any(r.get("one_run_audit") for r in rows)
-    head = ("<tr><th>Variant</th><th>Training</th><th class=num>DP ε</th>"
+    head = ("<tr><th>Variant</th><th class=num>DP ε</th>"
             + ("<th class=num>One-run audit ε ≥</th>" if audited else "")
             + "<th class=num>Test accuracy</th>"
-            "<th class=num>Max AUC</th><th class=num>Max advantage</th><th class=num>TPR @ 0.1% FPR</th>"
-            "<th class=num>ε lower bound</th><th>Most vulnerable slice</th><th>Blessed</th></tr>")
+            "<th>Entire data set: best attack</th><th class=num>AUC [95% CI]</th>"
+            "<th class=num>TPR @ 1% FPR</th><th class=num>TPR @ 0.1% FPR</th>"
+            "<th class=num>Max AUC over slices</th><th class=num>Max advantage</th>"
+            "<th class=num>ε lower bound</th><th>DP region</th><th>Most vulnerable slice</th><th>Blessed</th></tr>")
     body = []
     for r in rows:
         training = ('<span class="badge dp">DP-SGD</span>' if r.get("private")
@@ -240,16 +342,17 @@ def _summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
         worst_text = "–" if not worst else (f"{_e(worst['slice_label'])}<br>"
                                             f"<span class=small>{_e(worst['attack'])}{_noise_note(worst)}</span>")
         body.append(
-            f"<tr><td class=name>{_e(r['name'])}</td><td>{training}</td>"
+            f"<tr><td class=name>{_e(r['name'])}<br>{training}</td>"
             f"<td class=num>{_epsilon_cell(r)}</td>"
             + (f"<td class=num>{_audit_cell(r)}</td>" if audited else "")
             + f"<td class=num>{_e(format_number(r.get('test_accuracy')))}</td>"
-            f"<td class=num>{_e(format_number(r.get('max_auc')))}</td>"
+            + _headline_cells(r)
+            + f"<td class=num>{_e(format_number(r.get('max_auc')))}{_significance_note(r.get('max_auc_significant'))}</td>"
             f"<td class=num>{_e(format_number(r.get('max_attacker_advantage')))}</td>"
-            f"<td class=num>{_e(format_number(r.get(TPR_KEY)))}</td>"
             f"<td class=num>{_e(_lower_bound_text(r))}</td>"
+            f"<td>{_dp_cell(r)}</td>"
             f"<td>{worst_text}</td><td>{_gate_badge(r)}</td></tr>")
-    return f'<div class="scroll"><table>{head}{"".join(body)}</table></div>'
+    return f'<div class="scroll"><table class="dense">{head}{"".join(body)}</table></div>'
 
 
 def _metrics_list() -> str:
@@ -274,7 +377,7 @@ def _slice_table(final: ResultsFile) -> str:
     for r in final.results:
         by_slice.setdefault(r.slice_label, []).append(r)
     worst = max((v for row in matrix for v in row if v is not None), default=None)
-    head = ("<tr><th>Slice</th><th class=num>Members</th><th class=num>Non-members</th>"
+    head = ("<tr><th style=\"width:11%\">Slice</th><th class=num>Members</th><th class=num>Non-members</th>"
             + "".join(f"<th class=num>AUC: {_e(a)}</th>" for a in attacks)
             + "<th class=num>Max advantage</th><th class=num>Max TPR @ 0.1% FPR</th>"
               "<th class=num>Max ε lower bound</th></tr>")
@@ -285,16 +388,17 @@ def _slice_table(final: ResultsFile) -> str:
         nonmembers = next((r.n_nonmembers for r in rs if r.n_nonmembers is not None), None)
         bounds = [r.epsilon_lower_bound for r in rs if r.epsilon_lower_bound is not None]
         lb = max(bounds) if bounds else None
-        tprs = [t for t in (r.tpr_at(HEADLINE_FPR) for r in rs) if t is not None]
+        tprs = [t for t in (resolved_tpr(r, HEADLINE_FPR) for r in rs) if t is not None]
+        unresolved = all(r.tpr_unresolved(HEADLINE_FPR) for r in rs)
         body.append(
-            f"<tr><td>{_e(label)}</td>"
+            f"<tr><td class=slice>{_e(label)}</td>"
             f"<td class=num>{_e('–' if members is None else members)}</td>"
             f"<td class=num>{_e('–' if nonmembers is None else nonmembers)}</td>"
             + "".join(_auc_cell(v, v is not None and v == worst) for v in row)
             + f"<td class=num>{_e(format_number(max(r.attacker_advantage for r in rs)))}</td>"
-              f"<td class=num>{_e(format_number(max(tprs) if tprs else None))}</td>"
+              f"<td class=num>{_value_with_interval(max(tprs) if tprs else None, None, unresolved)}</td>"
               f"<td class=num>{_e('∞' if lb is not None and math.isinf(lb) else format_number(lb, 2))}</td></tr>")
-    return f'<div class="scroll"><table>{head}{"".join(body)}</table></div>'
+    return f'<div class="scroll"><table class="compact">{head}{"".join(body)}</table></div>'
 
 
 def _skipped_note(final: ResultsFile) -> str:
@@ -322,14 +426,14 @@ def _results_table(final: ResultsFile) -> str:
             f"<tr><td>{_e(r.slice_label)}</td><td>{_e(r.attack)}</td>"
             f"<td class=num>{_e('–' if r.n_members is None else r.n_members)}</td>"
             f"<td class=num>{_e('–' if r.n_nonmembers is None else r.n_nonmembers)}</td>"
-            f"<td class=num>{_e(format_number(r.auc))}</td>"
+            f"<td class=num>{_value_with_interval(r.auc, r.auc_interval)}</td>"
             f"<td class=num>{_e(format_number(r.attacker_advantage))}</td>"
             f"<td class=num>{_e(format_number(r.ppv))}</td>"
-            f"<td class=num>{_e(format_number(r.tpr_at(0.01)))}</td>"
-            f"<td class=num>{_e(format_number(r.tpr_at(HEADLINE_FPR)))}</td>"
+            f"<td class=num>{_value_with_interval(r.tpr_at(0.01), r.tpr_interval(0.01), r.tpr_unresolved(0.01))}</td>"
+            f"<td class=num>{_value_with_interval(r.tpr_at(HEADLINE_FPR), r.tpr_interval(HEADLINE_FPR), r.tpr_unresolved(HEADLINE_FPR))}</td>"
             f"<td class=num>{_e(lb_text)}</td></tr>")
     return (f"<details><summary>All {len(ordered)} results (slice × attack), most vulnerable first</summary>"
-            f'<div class="scroll"><table>{head}{"".join(body)}</table></div></details>')
+            f'<div class="scroll"><table class="compact">{head}{"".join(body)}</table></div></details>')
 
 
 def _vulnerable_table(variants: Mapping[str, VariantResults]) -> str:
@@ -341,8 +445,8 @@ def _vulnerable_table(variants: Mapping[str, VariantResults]) -> str:
             continue
         body.append(
             f"<tr><td class=name>{_e(name)}</td><td>{_e(r.slice_label)}</td><td>{_e(r.attack)}</td>"
-            f"<td class=num>{_e(format_number(r.auc))}</td>"
-            f"<td class=num>{_e(format_number(r.tpr_at(HEADLINE_FPR)))}</td></tr>")
+            f"<td class=num>{_value_with_interval(r.auc, r.auc_interval)}</td>"
+            f"<td class=num>{_value_with_interval(r.tpr_at(HEADLINE_FPR), r.tpr_interval(HEADLINE_FPR), r.tpr_unresolved(HEADLINE_FPR))}</td></tr>")
     head = ("<tr><th>Variant</th><th>Slice</th><th>Attack</th><th class=num>AUC</th>"
             "<th class=num>TPR @ 0.1% FPR</th></tr>")
     return f'<div class="scroll"><table>{head}{"".join(body)}</table></div>'
@@ -364,11 +468,13 @@ def _attacks_table(rows: Sequence[Mapping[str, Any]]) -> str:
             t4 = a.get("tpr_at_fpr_0.0001")
             sd = a.get("auc_null_sd")
             noise = f"{format_number(0.5 - 2 * sd)}–{format_number(0.5 + 2 * sd)}" if sd is not None else "–"
+            unres = set(a.get("tpr_at_fpr_unresolved") or [])
+            iv = a.get("tpr_at_fpr_interval") or {}
             body.append(
                 f"<tr><td class=name>{_e(r['name'])}</td><td>{_e(a['attack'])}</td>"
-                f"<td class=num>{_e(format_number(a.get('auc')))}</td><td class=num>{_e(noise)}</td>"
-                f"<td class=num>{_e(format_number(a.get('tpr_at_fpr_0.01')))}</td>"
-                f"<td class=num>{_e(format_number(a.get('tpr_at_fpr_0.001')))}</td>"
+                f"<td class=num>{_value_with_interval(a.get('auc'), a.get('auc_interval'))}</td><td class=num>{_e(noise)}</td>"
+                f"<td class=num>{_value_with_interval(a.get('tpr_at_fpr_0.01'), iv.get('0.01'), '0.01' in unres)}</td>"
+                f"<td class=num>{_value_with_interval(a.get('tpr_at_fpr_0.001'), iv.get('0.001'), '0.001' in unres)}</td>"
                 f"<td class=num>{_e(format_number(t4, 4) if t4 is not None else '–')}</td></tr>")
     if not body:
         return ""
@@ -377,8 +483,10 @@ def _attacks_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return (f'<div class="scroll"><table>{head}{"".join(body)}</table></div>'
             '<p class="small">Entire data set, final model. “AUC without leakage”: 0.5 ± 2 standard deviations '
             "of the AUC of an attack that learns nothing, with this many members and non-members — an AUC "
-            "inside it is not evidence of leakage. TPR @ 0.01% FPR needs at least 10,000 non-members to be "
-            "resolved (fewer: “–”).</p>")
+            "inside it is not evidence of leakage. Brackets: 95% intervals (DeLong for the AUC, Clopper–Pearson "
+            "for the TPR of the chosen threshold). A TPR at an FPR below 1 / (number of non-members) is "
+            "“unresolved”: there, FPR ≤ target means no false positive at all. TPR @ 0.01% FPR needs at least "
+            "10,000 non-members to be resolved (fewer: “–”).</p>")
 
 
 def _pretty_time(value: Any) -> str:
@@ -431,11 +539,12 @@ def render_html(
     """The report page (a str), from the summary, the grouped results and the plots' PNG bytes."""
     rows = summary["variants"]
     title = summary.get("title", "Privacy audit report")
-    gated = [r for r in rows if r.get("gate_evaluated")]
+    gated = [r for r in rows if r.get("gate_configured", r.get("gate_evaluated"))]
     failed = sum(1 for r in gated if not r["blessed"])
     ungated = f" ({len(rows) - len(gated)} without a gate)" if len(gated) < len(rows) else ""
     if not gated:
-        verdict = '<div class="verdict ok">No privacy gate configured</div>'
+        verdict = ('<div class="verdict none">No privacy gate configured: no thresholds were set, so no '
+                   "variant was checked</div>")
     elif failed:
         verdict = f'<div class="verdict bad">{failed} of {len(gated)} gated variant(s) failed the privacy gate{ungated}</div>'
     else:
@@ -454,9 +563,11 @@ def render_html(
         f"membership-inference audit of the final models and of checkpoints during training</p>{verdict}</header>",
         "<main>",
         '<section id="summary"><h2>Summary of final models</h2>',
-        '<p class="lead">Each row is one model variant; empirical metrics are the maximum over every slice and '
-        "attack on the final model, ε is the accountant's final value from the training ledger.</p>",
-        _summary_table(rows), "</section>",
+        '<p class="lead">Each row is one model variant. It leads with the entire data set: the attack with the '
+        "highest AUC there, with 95% intervals. Then the maxima over every slice and attack of the final model "
+        "(TPRs over resolvable slices only; “above no-leakage band” only when still significant after Holm's "
+        "correction over all slices × attacks). ε is the accountant's final value from the training ledger.</p>",
+        _summary_table(rows), _dp_region_notes(rows), "</section>",
         '<section id="metrics"><h2>What the metrics mean</h2>', _metrics_list(), "</section>",
     ]
     sections = (
@@ -472,7 +583,9 @@ def render_html(
         ("roc_curves", "ROC curves of the most vulnerable slices and of every attack",
          "Left: ROC curve of each variant's most vulnerable (slice, attack) on the final model. Then, one panel "
          "per variant: every attack on the entire data set. Log-log axes show the low false-positive region; "
-         "the dashed diagonal is random guessing."),
+         "the dashed diagonal is random guessing. On a private variant's panel the grey area is what its DP "
+         "guarantee forbids (from the accountant's privacy profile), and the dots with bars are the reported "
+         "TPRs at 1% / 0.1% FPR with their 95% intervals."),
         ("slice_heatmap", "Per-slice vulnerability",
          "Attack AUC for every slice (rows) and attack (columns) of each variant's final model."),
     )
@@ -518,21 +631,6 @@ def render_html(
 # --------------------------------------------------------------------------- writing
 
 
-def _write_temp(directory: str, final_name: str, data: bytes) -> str:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{final_name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600; a report is meant to be read by others.
-        os.chmod(tmp, 0o644)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tmp
-
-
 def write_report(
     output_dir: str | os.PathLike,
     results: Iterable[PathOrDict | ResultsFile],
@@ -543,6 +641,8 @@ def write_report(
     blessings: Mapping[str, Any] | Iterable[PathOrDict | Blessing] | None = None,
     generated_at: str | None = None,
     run_id: str = "current",
+    max_auc_increase: float | None = None,
+    history_warnings: Sequence[str] = (),
 ) -> ReportOutputs:
     """Write report.html, one PNG per plot and summary.json into `output_dir`.
 
@@ -558,6 +658,7 @@ def write_report(
         blessings naming their model_variant; variants without one are "no gate" (blessed true).
       generated_at: ISO time stamp of this run (default: now, UTC).
       run_id: this run's id in the trend.
+      max_auc_increase, history_warnings: the drift gate and skipped history files (summary.build_summary).
 
     Returns:
       ReportOutputs with the written paths, the summary dict and the PlotData of every plot.
@@ -568,7 +669,8 @@ def write_report(
     out = os.fspath(output_dir)
     variants = group_by_variant(results)
     summary = build_summary(variants, index_ledgers(ledgers), normalize_blessings(blessings), history,
-                            title=title, generated_at=generated_at, run_id=run_id)
+                            title=title, generated_at=generated_at, run_id=run_id,
+                            max_auc_increase=max_auc_increase, history_warnings=history_warnings)
     # Strict JSON: a non-finite number (an infinite ε lower bound) becomes null.
     summary = to_jsonable(summary)
 
@@ -576,7 +678,8 @@ def write_report(
         plots_lib.plot_epsilon_comparison(summary["variants"]),
         plots_lib.plot_by_epoch(variants),
         plots_lib.plot_privacy_vs_accuracy(variants),
-        plots_lib.plot_roc(variants),
+        plots_lib.plot_roc(variants, {r["name"]: [tuple(x) for x in r["dp_consistency"]["profile"]]
+                                      for r in summary["variants"] if r.get("dp_consistency")}),
         plots_lib.plot_slice_heatmap(variants),
     ]
     if summary["has_history"]:
@@ -585,30 +688,18 @@ def write_report(
     page = render_html(summary, variants, pngs)
     summary_bytes = json.dumps(summary, indent=2, ensure_ascii=False, allow_nan=False).encode("utf-8")
 
-    os.makedirs(out, exist_ok=True)
     # Plots first, then summary.json, and report.html last: it is the entry point readers open.
-    files = [(f"{name}.png", data) for name, data in pngs.items()]
-    files += [(SUMMARY_FILE, summary_bytes), (REPORT_FILE, page.encode("utf-8"))]
-    temps: list[tuple[str, str]] = []
-    try:
-        for name, data in files:
-            temps.append((_write_temp(out, name, data), os.path.join(out, name)))
-    except BaseException:
-        for tmp, _ in temps:
-            os.unlink(tmp)
-        raise
-    for tmp, final in temps:
-        os.replace(tmp, final)
+    files = [(io.join(out, f"{name}.png"), data) for name, data in pngs.items()]
+    files += [(io.join(out, SUMMARY_FILE), summary_bytes), (io.join(out, REPORT_FILE), page.encode("utf-8"))]
+    io.write_files(files)
     for name in PLOT_NAMES:
         if name not in pngs:
-            stale = os.path.join(out, f"{name}.png")
-            if os.path.exists(stale):
-                os.remove(stale)
+            io.remove(io.join(out, f"{name}.png"))
     return ReportOutputs(
         output_dir=out,
-        html_path=os.path.join(out, REPORT_FILE),
-        summary_path=os.path.join(out, SUMMARY_FILE),
-        plot_paths={name: os.path.join(out, f"{name}.png") for name in pngs},
+        html_path=io.join(out, REPORT_FILE),
+        summary_path=io.join(out, SUMMARY_FILE),
+        plot_paths={name: io.join(out, f"{name}.png") for name in pngs},
         summary=summary,
         plots={p.name: p for p in plots},
     )

@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Union
 
+from privacy_audit.components.common import io
 from privacy_audit.components.membership_inference import results as results_schema
 
 LEDGER_SCHEMA_VERSION = 1
@@ -52,6 +53,14 @@ class AttackResult:
     epsilon_lower_bound: float | None = None
     roc_fpr: tuple[float, ...] = ()
     roc_tpr: tuple[float, ...] = ()
+    # 95% intervals (older results files have none): auc [lo, hi]; per FPR key [lo, hi] of the TPR.
+    auc_interval: tuple[float, float] | None = None
+    tpr_at_fpr_interval: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    # FPR keys the slice's non-members cannot resolve (TPR null there), and the FPR each reported
+    # threshold really has.
+    tpr_at_fpr_unresolved: tuple[str, ...] = ()
+    tpr_at_fpr_achieved_fpr: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    epsilon_lower_bound_details: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def slice_label(self) -> str:
@@ -63,6 +72,23 @@ class AttackResult:
             if math.isclose(float(key), fpr, rel_tol=1e-9, abs_tol=0.0):
                 return value
         return None
+
+    def _by_fpr(self, table: Mapping[str, Any], fpr: float):
+        for key, value in table.items():
+            if math.isclose(float(key), fpr, rel_tol=1e-9, abs_tol=0.0):
+                return value
+        return None
+
+    def tpr_interval(self, fpr: float = HEADLINE_FPR) -> tuple[float, float] | None:
+        """The interval of :meth:`tpr_at` (None when unresolved or not recorded)."""
+        return self._by_fpr(self.tpr_at_fpr_interval, fpr)
+
+    def tpr_unresolved(self, fpr: float = HEADLINE_FPR) -> bool:
+        """True when the slice's non-members cannot resolve this FPR (the evaluator's rule, or, for
+        results files written before it, fewer than 1/fpr non-members)."""
+        if any(math.isclose(float(k), fpr, rel_tol=1e-9) for k in self.tpr_at_fpr_unresolved):
+            return True
+        return self.n_nonmembers is not None and self.n_nonmembers * fpr < 1.0 - 1e-9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +135,9 @@ class Blessing:
     failures: tuple[Mapping[str, Any], ...]
     thresholds: Mapping[str, Any]
     model_variant: str | None
+    # Whether the blessing listed its thresholds (the evaluator's blessing.json always does); a blessing
+    # without them (e.g. a bare true/false from the caller) is taken as a configured gate.
+    thresholds_known: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,8 +179,7 @@ def _load_json(source: PathOrDict, kind: str, name: str | None = None) -> tuple[
         return dict(source), name or f"<{kind} object>"
     path = os.fspath(source)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(io.read_text(path))
     except FileNotFoundError:
         raise ReportInputError(path, None, f"{kind} file not found") from None
     except json.JSONDecodeError as e:
@@ -235,6 +263,13 @@ def _attack_result(entry: Mapping[str, Any]) -> AttackResult:
         epsilon_lower_bound=None if entry.get("epsilon_lower_bound") is None else float(entry["epsilon_lower_bound"]),
         roc_fpr=tuple(float(v) for v in roc.get("fpr", ())),
         roc_tpr=tuple(float(v) for v in roc.get("tpr", ())),
+        auc_interval=None if entry.get("auc_interval") is None else tuple(entry["auc_interval"]),
+        tpr_at_fpr_interval={str(k): tuple(v) for k, v in (entry.get("tpr_at_fpr_interval") or {}).items()
+                             if v is not None},
+        tpr_at_fpr_unresolved=tuple(str(k) for k in entry.get("tpr_at_fpr_unresolved") or ()),
+        tpr_at_fpr_achieved_fpr={str(k): float(v) for k, v in (entry.get("tpr_at_fpr_achieved_fpr") or {}).items()
+                                 if v is not None},
+        epsilon_lower_bound_details=dict(entry.get("epsilon_lower_bound_details") or {}),
     )
 
 
@@ -261,8 +296,7 @@ def read_results(source: PathOrDict | ResultsFile, name: str | None = None) -> R
     else:
         name = os.fspath(source)
         try:
-            with open(name, encoding="utf-8") as f:
-                text = f.read()
+            text = io.read_text(name)
         except FileNotFoundError:
             raise ReportInputError(name, None, "attack results file not found") from None
         except (OSError, UnicodeDecodeError) as e:
@@ -373,7 +407,7 @@ def read_blessing(
         raise ReportInputError(name, "model_variant", f"must be a string, got {variant!r}")
     return Blessing(
         source=name, blessed=blessed, failures=tuple(dict(f) for f in failures),
-        thresholds=dict(thresholds), model_variant=variant)
+        thresholds=dict(thresholds), model_variant=variant, thresholds_known="thresholds" in data)
 
 
 # --------------------------------------------------------------------------- grouping

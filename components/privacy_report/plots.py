@@ -16,12 +16,14 @@ import math
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from matplotlib import dates as mdates
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from privacy_audit.components.privacy_report import dp_region
 from privacy_audit.components.privacy_report.load import (
     HEADLINE_FPR,
     AttackResult,
@@ -263,7 +265,34 @@ def _log_roc_axes(ax, floor: float) -> None:
     ax.grid(True, which="both", alpha=0.25)
 
 
-def plot_roc(variants: Mapping[str, VariantResults]) -> PlotData:
+def _draw_dp_region(ax, profile, floor: float) -> dict[str, list[float]]:
+    """Shades what the variant's DP guarantee forbids (above tpr_max) and draws its edge."""
+    grid = np.geomspace(floor, 1.0, 240)
+    upper = dp_region.max_tpr(grid, profile)
+    ax.fill_between(grid, np.maximum(upper, floor), 1.0, color="#7f7f7f", alpha=0.18, linewidth=0,
+                    label="forbidden by its DP guarantee")
+    ax.plot(grid, np.maximum(upper, floor), color="#333333", linewidth=1.0)
+    return {"fpr": grid.tolist(), "tpr_max": upper.tolist()}
+
+
+def _draw_points(ax, results, floor: float, colors: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The resolvable reported points (TPR at each FPR target) with their 95% TPR intervals."""
+    drawn = []
+    for r in results:
+        for key, tpr in r.tpr_at_fpr.items():
+            interval = r.tpr_interval(float(key))
+            if tpr is None or interval is None or r.tpr_unresolved(float(key)):
+                continue
+            x = max(r.tpr_at_fpr_achieved_fpr.get(key, float(key)), floor)
+            lo, hi = max(interval[0], floor), max(interval[1], floor)
+            ax.errorbar([x], [max(tpr, floor)], yerr=[[max(tpr, floor) - lo], [hi - max(tpr, floor)]], fmt="o",
+                        markersize=3.5, capsize=2, color=colors.get(r.attack, "#000000"), linewidth=1)
+            drawn.append({"attack": r.attack, "fpr": x, "tpr": tpr, "interval": list(interval)})
+    return drawn
+
+
+def plot_roc(variants: Mapping[str, VariantResults],
+             dp_profiles: Mapping[str, Sequence[tuple[float, float]]] | None = None) -> PlotData:
     """ROC curves on log-log axes of the final models: first the most vulnerable slice of each variant, then
     one panel per variant with every attack on the entire data set.
 
@@ -271,6 +300,9 @@ def plot_roc(variants: Mapping[str, VariantResults]) -> PlotData:
     ROC curve. Log-log axes show the low-FPR region, where a membership inference is trustworthy.
     `meta["selected"][variant]` = {"slice", "attack", "auc", "epoch"}; `panels["by_attack"]` =
     {(variant, attack): (fpr, tpr)} and `meta["by_attack"][variant][attack]` = {"auc", "tpr_at_fpr"}.
+    `dp_profiles`: variant -> the accountant's [(ε, δ)] (dp_region.privacy_profile); each such variant's
+    panel shades what its DP guarantee forbids (`meta["dp_region"][variant]` = {"fpr", "tpr_max"}) and draws
+    the reported TPR-at-FPR points with their intervals (`meta["points"][variant]`).
     """
     series: Series = {}
     selected = {}
@@ -308,8 +340,14 @@ def plot_roc(variants: Mapping[str, VariantResults]) -> PlotData:
         _no_data(ax, "no ROC curves recorded")
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("Most vulnerable slice (final model)", fontsize=10)
+    dp_meta: dict[str, Any] = {}
+    points_meta: dict[str, Any] = {}
     for ax, name in zip(axes[1:], variants):
         _log_roc_axes(ax, floor)
+        if dp_profiles and dp_profiles.get(name):
+            dp_meta[name] = _draw_dp_region(ax, dp_profiles[name], floor)
+            points_meta[name] = _draw_points(ax, _entire_dataset_rocs(variants[name]).values(), floor,
+                                             attack_colors)
         for attack, meta in by_attack_meta[name].items():
             fpr, tpr = by_attack[(name, attack)]
             t1 = meta["tpr_at_fpr"].get("0.01")
@@ -323,7 +361,7 @@ def plot_roc(variants: Mapping[str, VariantResults]) -> PlotData:
     title = "ROC curves of the final models (log-log)"
     fig.suptitle(title)
     return PlotData("roc_curves", title, {"roc": series, "by_attack": by_attack}, fig,
-                    {"selected": selected, "by_attack": by_attack_meta})
+                    {"selected": selected, "by_attack": by_attack_meta, "dp_region": dp_meta, "points": points_meta})
 
 
 # --------------------------------------------------------------------------- (4) per-slice heat map

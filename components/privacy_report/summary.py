@@ -5,7 +5,16 @@
                    "one_run_audit_epsilon_lower_bound", ...extras}],
      "schema_version", "title", "generated_at", "trend", "warnings", "inputs"}
 
-Headline metrics are maxima over every slice and attack of each variant's FINAL model. epsilon and
+Each variant leads with "entire_dataset": the entire data set's best attack (by AUC) with 95% intervals
+(DeLong for the AUC, Clopper-Pearson for TPR at 1% and 0.1% FPR; a TPR the non-members cannot resolve is
+null and listed in tpr_at_fpr_unresolved). The maxima that follow (DESIGN.md's keys) are over every slice
+and attack of each variant's FINAL model, TPRs over resolvable results only; "max_auc_significant",
+"max_tpr_at_fpr_0.001_significant" and "max_tpr_at_fpr_0.01_significant" say whether that maximum
+exceeds the no-leakage band after Holm's correction over all slices x attacks ("significance" has the
+families, see :func:`significance`). "dp_consistent" (private variants; null otherwise) is false when a
+measured point lies outside the region the accountant's privacy profile allows (dp_region), an empirical
+ε lower bound exceeds the accountant's ε, or the one-run audit failed; "dp_consistency" says why.
+"gate_configured" is false when the evaluator had no threshold and no one-run audit ran. epsilon and
 delta are the ledger's final values (epsilon null = non-private, i.e. infinite). blessed is the
 evaluator's gate result when a blessing is given, else true (no gate was set: nothing failed).
 one_run_audit_epsilon_lower_bound is the one-run privacy audit's ε lower bound (at
@@ -20,6 +29,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from scipy import stats
+
+from privacy_audit.components.privacy_report import dp_region
 from privacy_audit.components.privacy_report.load import HEADLINE_FPR, Blessing, Ledger, VariantResults
 from privacy_audit.components.privacy_report.plots import most_vulnerable
 
@@ -33,6 +45,10 @@ MIN_NONMEMBERS_FOR_0_01PCT = 10_000
 # Metrics copied into each trend entry (history of earlier runs and the current one).
 TREND_KEYS = ("max_auc", "max_attacker_advantage", "epsilon_lower_bound", TPR_KEY, "test_accuracy", "epsilon")
 _EPSILON_TOLERANCE = 1e-6
+#: Family-wise error rate of the "exceeds the no-leakage band" flags (Holm over all slices x attacks).
+SIGNIFICANCE_ALPHA = 0.05
+#: FPR targets whose TPR gets a headline, a max over slices and a significance flag.
+HEADLINE_FPRS = (0.01, 0.001)
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -66,44 +82,169 @@ def variant_summary(
         private = epsilon is not None
         delta = final.metadata.get("delta") if private else None
         warnings.append(f"variant {variant.name!r}: no privacy ledger given; ε taken from the attack results metadata")
+    if final.metadata.get("checkpoints_audited") == 0:  # e.g. a standard TFX Trainer's model without checkpoints
+        warnings.append(f"variant {variant.name!r}: only the final model was audited (no checkpoints; add "
+                        "privacy_audit.keras.AuditCheckpoints to the Trainer's run_fn for attack AUC by epoch)")
     worst = most_vulnerable(results)
     lower_bounds = [r.epsilon_lower_bound for r in results]
     audit = ledger.one_run_audit if ledger is not None else None
+    tests = significance(results)
+    consistency = _dp_consistency(results, ledger, audit) if private else None
     return {
         "name": variant.name,
         "private": private,
         "epsilon": epsilon,
         "delta": delta,
         "test_accuracy": final.accuracy_test,
+        # The headline: the entire data set's best attack, with 95% intervals (DESIGN.md's keys follow).
+        "entire_dataset": entire_dataset_headline(final),
         "max_auc": _max(r.auc for r in results),
         "max_attacker_advantage": _max(r.attacker_advantage for r in results),
-        TPR_KEY: _max(r.tpr_at(HEADLINE_FPR) for r in results),
+        TPR_KEY: _max(resolved_tpr(r, HEADLINE_FPR) for r in results),
         "blessed": blessing.blessed if blessing is not None else True,
         AUDIT_KEY: None if audit is None else audit.get("epsilon_lower_bound"),
         # Extras.
+        "max_auc_significant": tests["auc"]["max_significant"],
+        f"{TPR_KEY}_significant": tests["tpr_at_fpr_0.001"]["max_significant"],
+        f"{TPR_1PCT_KEY}_significant": tests["tpr_at_fpr_0.01"]["max_significant"],
+        "significance": tests,
+        "dp_consistent": None if consistency is None else consistency["dp_consistent"],
+        "dp_consistency": consistency,
+        "gate_configured": _gate_configured(blessing, audit),
         "gate_evaluated": blessing is not None,
         "gate_failures": [dict(f) for f in blessing.failures] if blessing is not None else [],
         "train_accuracy": final.accuracy_train,
         "final_epoch": final.epoch,
         "epsilon_lower_bound": _finite_or_none(_max(lower_bounds)),
         "epsilon_lower_bound_infinite": any(v is not None and math.isinf(v) for v in lower_bounds),
-        TPR_1PCT_KEY: _max(r.tpr_at(0.01) for r in results),
+        TPR_1PCT_KEY: _max(resolved_tpr(r, 0.01) for r in results),
         "one_run_audit": None if audit is None else {
-            key: audit.get(key) for key in ("epsilon_lower_bound", "accountant_epsilon", "ledger_epsilon",
-                                            "confidence", "delta", "violated", "n_canaries", "n_included",
-                                            "message")},
+            key: audit.get(key) for key in ("epsilon_lower_bound", "fdp_epsilon_lower_bound", "accountant_epsilon",
+                                            "ledger_epsilon", "confidence", "delta", "violated", "n_canaries",
+                                            "n_included", "message")},
         "attacks": attack_rows(final),
         "most_vulnerable": None if worst is None else {
             "slice": dict(worst.slice), "slice_label": worst.slice_label, "attack": worst.attack,
             "auc": worst.auc, "attacker_advantage": worst.attacker_advantage,
             "n_members": worst.n_members, "n_nonmembers": worst.n_nonmembers,
-            "auc_null_sd": auc_null_sd(worst.n_members, worst.n_nonmembers)},
+            "auc_null_sd": auc_null_sd(worst.n_members, worst.n_nonmembers),
+            "auc_interval": _list_or_none(worst.auc_interval),
+            "significant": tests["auc"]["max_significant"]},
         "noise_multiplier": ledger.noise_multiplier if ledger else None,
         "accountant": ledger.accountant if ledger else None,
         "evaluated_epochs": sorted({f.epoch for f in variant.files if f.epoch is not None}),
         "sources": {"final_results": final.source, "ledger": ledger.source if ledger else None,
                     "blessing": blessing.source if blessing else None},
     }
+
+
+def _list_or_none(interval) -> list[float] | None:
+    return None if interval is None else [float(v) for v in interval]
+
+
+def resolved_tpr(r, fpr: float) -> float | None:
+    """TPR at ``fpr`` of one result, None when its non-members cannot resolve that FPR (never a number)."""
+    return None if r.tpr_unresolved(fpr) else r.tpr_at(fpr)
+
+
+def _gate_configured(blessing: Blessing | None, audit: Mapping[str, Any] | None) -> bool:
+    """A gate is configured when the evaluator had a threshold to check or the one-run audit ran (its bound
+    against the accountant's ε is a check); a blessing that lists no threshold and no failure passed
+    nothing. A blessing that does not list its thresholds at all counts as a configured gate."""
+    if audit is not None:
+        return True
+    if blessing is None:
+        return False
+    if not blessing.thresholds_known:
+        return True
+    return any(v is not None for v in blessing.thresholds.values()) or bool(blessing.failures)
+
+
+def entire_dataset_headline(final) -> dict[str, Any] | None:
+    """The entire data set's result with the highest AUC (the report's lead): attack, counts, AUC and its
+    interval, and TPR at 1% and 0.1% FPR with intervals (null when unresolvable, listed in
+    ``tpr_at_fpr_unresolved``)."""
+    rows = [r for r in final.results if r.slice.get("feature") == "entire_dataset"]
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: (r.auc, r.attacker_advantage, r.attack))
+    out = {"attack": best.attack, "n_members": best.n_members, "n_nonmembers": best.n_nonmembers,
+           "auc": best.auc, "auc_interval": _list_or_none(best.auc_interval),
+           "auc_null_sd": auc_null_sd(best.n_members, best.n_nonmembers),
+           "attacker_advantage": best.attacker_advantage, "tpr_at_fpr_unresolved": []}
+    for fpr in HEADLINE_FPRS:
+        key = f"tpr_at_fpr_{fpr:g}"
+        out[key] = resolved_tpr(best, fpr)
+        out[f"{key}_interval"] = None if out[key] is None else _list_or_none(best.tpr_interval(fpr))
+        if out[key] is None:
+            out["tpr_at_fpr_unresolved"].append(f"{fpr:g}")
+    return out
+
+
+def holm(p_values: Sequence[float], alpha: float = SIGNIFICANCE_ALPHA) -> list[bool]:
+    """Holm's step-down procedure: which hypotheses are rejected with family-wise error <= alpha."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    rejected = [False] * len(p_values)
+    k = len(p_values)
+    for rank, i in enumerate(order):
+        if p_values[i] > alpha / (k - rank):
+            break
+        rejected[i] = True
+    return rejected
+
+
+def auc_p_value(auc: float, n_members: int, n_nonmembers: int) -> float:
+    """One-sided p-value of "the attack learns nothing" against "AUC > 0.5": the Mann-Whitney statistic's
+    normal approximation with its null standard deviation (:func:`auc_null_sd`)."""
+    sd = auc_null_sd(n_members, n_nonmembers)
+    return 1.0 if not sd else float(stats.norm.sf((auc - 0.5) / sd))
+
+
+def tpr_p_value(tpr: float, fpr: float, n_members: int, n_nonmembers: int) -> float:
+    """Exact one-sided p-value of a TPR at a threshold passing j = FPR·n_nonmembers non-members when members
+    and non-members are exchangeable (no leakage): TP >= k exactly when the top k + j examples hold at most
+    j non-members, a hypergeometric tail (draw k + j of n_members + n_nonmembers, >= k members)."""
+    k = int(round(tpr * n_members))
+    j = int(round(fpr * n_nonmembers))
+    if k == 0:
+        return 1.0
+    return float(stats.hypergeom.sf(k - 1, n_members + n_nonmembers, n_members, k + j))
+
+
+def significance(results, alpha: float = SIGNIFICANCE_ALPHA) -> dict[str, Any]:
+    """Which results exceed the no-leakage band after a multiple-comparison correction.
+
+    One family per metric (AUC; TPR at 1% FPR; TPR at 0.1% FPR), each over every slice x attack of the final
+    model (resolvable TPRs only), Holm-corrected at family-wise error ``alpha`` (valid under any dependence
+    between slices and attacks). ``max_significant`` says whether the result holding the family's maximum
+    is among the rejections (None when the family is empty).
+    """
+    out: dict[str, Any] = {"method": "holm", "alpha": alpha}
+    families = {"auc": [(r, r.auc, auc_p_value(r.auc, r.n_members, r.n_nonmembers))
+                        for r in results if r.n_members and r.n_nonmembers]}
+    for fpr in HEADLINE_FPRS:
+        fam = []
+        for r in results:
+            tpr = resolved_tpr(r, fpr)
+            if tpr is not None and r.n_members and r.n_nonmembers:
+                achieved = r.tpr_at_fpr_achieved_fpr.get(f"{fpr!r}", fpr)
+                fam.append((r, tpr, tpr_p_value(tpr, achieved, r.n_members, r.n_nonmembers)))
+        families[f"tpr_at_fpr_{fpr:g}"] = fam
+    for name, fam in families.items():
+        rejected = holm([p for _, _, p in fam], alpha)
+        top = max(range(len(fam)), key=lambda i: fam[i][1]) if fam else None
+        out[name] = {"n_comparisons": len(fam), "n_significant": sum(rejected),
+                     "significant": [{"slice": r.slice_label, "attack": r.attack, "value": v, "p_value": p}
+                                     for (r, v, p), rej in zip(fam, rejected) if rej],
+                     "max_significant": None if top is None else rejected[top]}
+    return out
+
+
+def _dp_consistency(results, ledger: Ledger | None, audit: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """dp_region.variant_consistency from the ledger's events; None without a ledger (no privacy profile)."""
+    if ledger is None or not ledger.raw.get("events"):
+        return None
+    return dp_region.variant_consistency(results, ledger.raw["events"], ledger.accountant or "rdp", audit)
 
 
 def auc_null_sd(n_members: Any, n_nonmembers: Any) -> float | None:
@@ -129,8 +270,12 @@ def attack_rows(final) -> list[dict[str, Any]]:
         rows.append({"attack": r.attack, "auc": r.auc, "attacker_advantage": r.attacker_advantage,
                      "n_members": r.n_members, "n_nonmembers": r.n_nonmembers,
                      "auc_null_sd": auc_null_sd(r.n_members, r.n_nonmembers),
-                     "tpr_at_fpr_0.01": r.tpr_at(0.01), "tpr_at_fpr_0.001": r.tpr_at(0.001),
-                     "tpr_at_fpr_0.0001": r.tpr_at(0.0001) if resolvable else None})
+                     "auc_interval": _list_or_none(r.auc_interval),
+                     "tpr_at_fpr_0.01": resolved_tpr(r, 0.01), "tpr_at_fpr_0.001": resolved_tpr(r, 0.001),
+                     "tpr_at_fpr_0.0001": resolved_tpr(r, 0.0001) if resolvable else None,
+                     "tpr_at_fpr_interval": {f"{f:g}": _list_or_none(r.tpr_interval(f))
+                                             for f in (0.01, 0.001, 0.0001) if resolved_tpr(r, f) is not None},
+                     "tpr_at_fpr_unresolved": [f"{f:g}" for f in (0.01, 0.001, 0.0001) if r.tpr_unresolved(f)]})
     return rows
 
 
@@ -153,6 +298,8 @@ def build_summary(
     title: str = "Privacy audit report",
     generated_at: str | None = None,
     run_id: str = "current",
+    max_auc_increase: float | None = None,
+    history_warnings: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Build the summary.json object.
 
@@ -164,6 +311,9 @@ def build_summary(
       history: trend entries of earlier runs ({"run_id", "date", "variant", metrics}).
       generated_at: ISO time of this run (default now, UTC).
       run_id: id of this run in the trend.
+      max_auc_increase: drift gate (trend.apply_drift): refuse the blessing of a variant whose entire-data-set
+        max AUC rose by more than this over the previous run; ``trend_alert`` is added either way.
+      history_warnings: files of the audit history that were skipped (history.read), shown as warnings.
     """
     generated_at = generated_at or now_iso()
     blessings = blessings or {}
@@ -189,8 +339,13 @@ def build_summary(
         },
     }
     earlier = [dict(e) for e in (history or [])]
-    summary["trend"] = earlier + trend_entries(summary, run_id, generated_at)
+    from privacy_audit.components.privacy_report import history as history_lib, trend as trend_lib
+
+    current = history_lib.history_entries(summary, run_id, generated_at)
+    summary["trend"] = earlier + current
     summary["has_history"] = bool(earlier)
+    summary["warnings"] += list(history_warnings)
+    trend_lib.apply_drift(summary, earlier, current, max_auc_increase)
     return summary
 
 
@@ -220,7 +375,8 @@ def text_summary(summary: Mapping[str, Any]) -> str:
              f"{summary.get('generated_at', '?')}"]
     for r in rows:
         delta = f", δ={r['delta']:.3g}" if r.get("delta") is not None else ""
-        gate = ("blessed" if r.get("blessed") else "NOT blessed") if r.get("gate_evaluated", True) else "no gate"
+        gate = ("blessed" if r.get("blessed") else "NOT blessed") if r.get(
+            "gate_configured", r.get("gate_evaluated", True)) else "no gate"
         lines.append(
             f"  {r.get('name')}: ε={format_epsilon(r.get('epsilon'), r.get('private'))}{delta}; "
             f"test accuracy {format_number(r.get('test_accuracy'))}; "
@@ -229,6 +385,8 @@ def text_summary(summary: Mapping[str, Any]) -> str:
             f"TPR@0.1%FPR {format_number(r.get(TPR_KEY))}; "
             f"ε lower bound {format_number(r.get('epsilon_lower_bound'), 2)}"
             + (f"; one-run audit ε ≥ {format_number(r.get(AUDIT_KEY), 2)}" if r.get(AUDIT_KEY) is not None else "")
+            + ("" if r.get("dp_consistent") is None else
+               "; inside its DP region" if r["dp_consistent"] else "; OUTSIDE its DP region (DP broken)")
             + f"; {gate}")
     for w in summary.get("warnings", []):
         lines.append(f"  warning: {w}")

@@ -1,4 +1,8 @@
-"""Earlier audit runs of a pipeline, from ML Metadata, for the report's trend plot.
+"""Earlier audit runs of a pipeline for the report's trend, and the drift alert over them.
+
+The trend's source is the audit history (history.py: one file per run, no ML Metadata needed, any runner);
+this module also reads the earlier runs from a local ML Metadata store, the source before the history
+existed (``history_from_mlmd``), and computes ``trend_alert`` (``drift_alert``, ``apply_drift``).
 
 Each earlier PrivacyReport artifact of the pipeline holds a summary.json; its headline metrics,
 with the artifact's creation time and pipeline run id, become trend entries
@@ -17,7 +21,8 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from privacy_audit.components.privacy_report.summary import trend_entries
+from privacy_audit.components.common import io
+from privacy_audit.components.privacy_report.history import history_entries
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +55,9 @@ def _open_store(store_or_config: Any):
 
 
 def _read_summary(uri: str) -> dict | None:
-    path = os.path.join(uri, SUMMARY_FILE)
+    path = io.join(uri, SUMMARY_FILE)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(io.read_text(path))
     except (OSError, ValueError) as e:
         logger.warning("trend: skipping %s (%s)", path, e)
         return None
@@ -114,6 +118,84 @@ def history_from_mlmd(
             continue
         run_ids = [c.name for c in store.get_contexts_by_artifact(artifact.id) if c.type_id == run_type_id]
         date = dt.datetime.fromtimestamp(artifact.create_time_since_epoch / 1000, tz=dt.timezone.utc)
-        entries += trend_entries(summary, run_ids[0] if run_ids else f"artifact-{artifact.id}",
+        entries += history_entries(summary, run_ids[0] if run_ids else f"artifact-{artifact.id}",
                                  date.replace(microsecond=0).isoformat())
     return entries
+
+
+# --------------------------------------------------------------------------- drift alert
+
+#: A run's leakage "rose" when its entire-data-set max AUC exceeds the previous run's by more than this many
+#: of the previous value's null standard deviations (the spread of an AUC with that many members and
+#: non-members when nothing leaks: summary.auc_null_sd).
+DRIFT_NULL_SDS = 2.0
+
+
+def drift_alert(earlier: list[dict[str, Any]], current: list[dict[str, Any]],
+                max_auc_increase: float | None = None) -> dict[str, Any]:
+    """The ``trend_alert`` of summary.json: per variant, this run against the latest earlier run of it.
+
+    Args:
+      earlier: trend entries of earlier runs, oldest first (history.read), with
+        ``entire_dataset_max_auc`` / ``entire_dataset_auc_null_sd`` (history.history_entries).
+      current: this run's entries, same keys.
+      max_auc_increase: optional gate: the blessing is refused when the entire-data-set max AUC rose by more
+        than this (absolute AUC) over the previous run.
+
+    Returns:
+      {"alert": bool (any variant drifted), "rule": str, "max_auc_increase": f|null,
+       "variants": [{"variant", "run_id", "previous_run_id", "auc", "previous_auc", "previous_null_sd",
+                     "threshold", "increase", "alert", "gate_failed"}]}; a variant without an earlier run
+      or without the AUCs is listed with alert false and a "note".
+    """
+    rule = (f"alert when the entire-data-set max AUC exceeds the previous run's by more than "
+            f"{DRIFT_NULL_SDS:g} of its null standard deviations")
+    rows = []
+    for cur in current:
+        name = cur.get("variant")
+        previous = [e for e in earlier if e.get("variant") == name and e.get("run_id") != cur.get("run_id")]
+        row: dict[str, Any] = {"variant": name, "run_id": cur.get("run_id"), "alert": False, "gate_failed": False}
+        rows.append(row)
+        if not previous:
+            row["note"] = "no earlier run of this variant in the history"
+            continue
+        prev = previous[-1]
+        auc, prev_auc = cur.get("entire_dataset_max_auc"), prev.get("entire_dataset_max_auc")
+        sd = prev.get("entire_dataset_auc_null_sd")
+        row.update(previous_run_id=prev.get("run_id"), auc=auc, previous_auc=prev_auc, previous_null_sd=sd)
+        if not all(isinstance(v, (int, float)) for v in (auc, prev_auc, sd)):
+            row["note"] = "AUC or its null standard deviation missing in this or the previous run"
+            continue
+        row["increase"] = auc - prev_auc
+        row["threshold"] = prev_auc + DRIFT_NULL_SDS * sd
+        row["alert"] = auc > row["threshold"]
+        row["gate_failed"] = max_auc_increase is not None and row["increase"] > max_auc_increase
+    return {"alert": any(r["alert"] for r in rows), "rule": rule, "max_auc_increase": max_auc_increase,
+            "variants": rows}
+
+
+def apply_drift(summary: dict[str, Any], earlier: list[dict[str, Any]], current: list[dict[str, Any]],
+                max_auc_increase: float | None = None) -> None:
+    """Adds ``trend_alert`` to a summary and, with the ``max_auc_increase`` gate, refuses the blessing of
+    every variant that drifted by more (its row's ``blessed`` false, a ``gate_failures`` entry, and
+    ``all_blessed`` recomputed)."""
+    alert = drift_alert(earlier, current, max_auc_increase)
+    summary["trend_alert"] = alert
+    rows = {r.get("name"): r for r in summary.get("variants", [])}
+    for a in alert["variants"]:
+        row = rows.get(a["variant"])
+        if row is None:
+            continue
+        if a["alert"]:
+            summary.setdefault("warnings", []).append(
+                f"variant {a['variant']!r}: leakage drift: entire-data-set max AUC {a['auc']:.3f} > previous run's "
+                f"{a['previous_auc']:.3f} + {DRIFT_NULL_SDS:g} x {a['previous_null_sd']:.3f} "
+                f"(run {a['previous_run_id']})")
+        if a["gate_failed"]:
+            row["blessed"] = False
+            row["gate_evaluated"] = True
+            row.setdefault("gate_failures", []).append({
+                "slice": {"feature": "entire_dataset"}, "attack": "max over attacks", "metric": "auc_increase",
+                "value": a["increase"], "threshold": max_auc_increase,
+                "reason": f"AUC rose from {a['previous_auc']:.3f} (run {a['previous_run_id']}) to {a['auc']:.3f}"})
+    summary["all_blessed"] = all(r.get("blessed", True) for r in summary.get("variants", []))

@@ -4,6 +4,7 @@ components/membership_inference/reference_models.py, ``train_for_trainer_recipe`
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Dict, List, Optional
 
 from tfx import types
@@ -11,6 +12,7 @@ from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
+from privacy_audit.components.common.runtime_values import as_property, compile_time_value
 from privacy_audit.components.dp_trainer.component import DPTrainerSpec
 from privacy_audit.components.reference_models import executor
 
@@ -44,8 +46,19 @@ class ReferenceModelTrainerSpec(types.ComponentSpec):
         # The target's recipe: the DPTrainer's own parameters (its seed as target_seed).
         "target_seed": ExecutionParameter(type=int),
         **{name: DPTrainerSpec.PARAMETERS[name] for name in RECIPE_PARAMETERS},
+        # A standard TFX Trainer's recipe instead (for_tfx_trainer): its user module's run_fn and arguments.
+        "trainer_module_file": ExecutionParameter(type=str, optional=True),
+        "trainer_run_fn": ExecutionParameter(type=str, optional=True),
+        "trainer_train_args": ExecutionParameter(type=str, optional=True),  # TrainArgs JSON
+        "trainer_eval_args": ExecutionParameter(type=str, optional=True),  # EvalArgs JSON
+        "trainer_custom_config": ExecutionParameter(type=str, optional=True),  # JSON object
+        "signature_name": ExecutionParameter(type=str, optional=True),
+        "output_key": ExecutionParameter(type=str, optional=True),
+        "outputs": ExecutionParameter(type=str, optional=True),
     }
-    INPUTS = {"examples": ChannelParameter(type=standard_artifacts.Examples)}
+    INPUTS = {"examples": ChannelParameter(type=standard_artifacts.Examples),
+              "transform_graph": ChannelParameter(type=standard_artifacts.TransformGraph, optional=True),
+              "schema": ChannelParameter(type=standard_artifacts.Schema, optional=True)}
     OUTPUTS = {"reference_models": ChannelParameter(type=ReferenceModels)}
 
 
@@ -98,7 +111,8 @@ class ReferenceModelTrainer(base_component.BaseComponent):
                  accountant: str = "rdp", feature_keys: Optional[List[str]] = None,
                  module_file: Optional[str] = None, module_file_sha256: Optional[str] = None,
                  model_fn: str = "build_keras_model", builtin_model: str = "auto",
-                 hparams: Optional[Dict[str, Any]] = None):
+                 hparams: Optional[Dict[str, Any]] = None, transform_graph: Optional[types.BaseChannel] = None,
+                 schema: Optional[types.BaseChannel] = None, tfx_trainer: Optional[Dict[str, Any]] = None):
         """Args:
           examples: Examples with the members' and non-members' splits (the population).
           label_key, feature_keys: as the DPTrainer's.
@@ -112,6 +126,8 @@ class ReferenceModelTrainer(base_component.BaseComponent):
           members_split, nonmembers_split: split names of the target's members and non-members.
           target_seed ... hparams: the target's recipe, the DPTrainer's parameters (``target_seed`` is its
             ``seed``); use :meth:`for_trainer` to copy them.
+          transform_graph, schema, tfx_trainer: a standard TFX Trainer's recipe instead; use
+            :meth:`for_tfx_trainer`.
         """
         from privacy_audit.components.dp_trainer.trainer import DPTrainingConfig
         from privacy_audit.components.membership_inference.reference_models import INIT_MODES
@@ -126,9 +142,12 @@ class ReferenceModelTrainer(base_component.BaseComponent):
             raise ValueError(f"fraction must be in (0, 1), got {fraction}")
         if members_split == nonmembers_split:
             raise ValueError(f"members_split and nonmembers_split must differ, both are {members_split!r}")
-        DPTrainingConfig(label_key=label_key, model_variant=model_variant, private=private, epochs=epochs,
+        # epochs and target_epsilon may be the trainer's Kubeflow run-time parameters: their defaults are checked.
+        DPTrainingConfig(label_key=label_key, model_variant=model_variant, private=private,
+                         epochs=compile_time_value(epochs),
                          batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer,
-                         l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier, target_epsilon=target_epsilon,
+                         l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
+                         target_epsilon=compile_time_value(target_epsilon),
                          delta=delta, sampling=sampling, accountant=accountant, seed=target_seed).validate()
         if isinstance(feature_keys, str):
             feature_keys = json.loads(feature_keys)
@@ -139,16 +158,59 @@ class ReferenceModelTrainer(base_component.BaseComponent):
             feature_keys=json.dumps(list(feature_keys)) if feature_keys else None, model_variant=model_variant,
             members_split=members_split, nonmembers_split=nonmembers_split, k=int(k), seed=int(seed), init=init,
             fraction=None if fraction is None else float(fraction), n_jobs=int(n_jobs),
-            target_seed=int(target_seed), epochs=int(epochs), batch_size=int(batch_size),
+            target_seed=int(target_seed), epochs=as_property(epochs, int), batch_size=int(batch_size),
             learning_rate=float(learning_rate), optimizer=optimizer, private=int(bool(private)),
             l2_norm_clip=float(l2_norm_clip),
             noise_multiplier=None if noise_multiplier is None or not private else float(noise_multiplier),
-            target_epsilon=None if target_epsilon is None or not private else float(target_epsilon),
+            target_epsilon=None if not private else as_property(target_epsilon, float),
             delta=None if delta is None else float(delta), sampling=sampling, accountant=accountant,
             module_file=module_file, module_file_sha256=module_file_sha256, model_fn=model_fn,
             builtin_model=builtin_model, hparams=json.dumps(hparams or {}, sort_keys=True),
+            transform_graph=transform_graph, schema=schema, **(tfx_trainer or {}),
             reference_models=types.Channel(type=ReferenceModels))
         super().__init__(spec=spec)
+
+    @classmethod
+    def for_tfx_trainer(cls, trainer: base_component.BaseComponent, examples: types.BaseChannel, *,
+                        transform_graph: Optional[types.BaseChannel] = None,
+                        schema: Optional[types.BaseChannel] = None, label_key: str = "label", k: int = 4,
+                        seed: int = 0, fraction: Optional[float] = None, members_split: str = "train",
+                        nonmembers_split: str = "eval", model_variant: str = "model",
+                        signature_name: str = "serving_default", output_key: Optional[str] = None,
+                        outputs: str = "auto") -> "ReferenceModelTrainer":
+        """The references of a standard TFX Trainer (``tfx.v1.components.Trainer`` with a user module): each of
+        the K models is trained by calling the user's own ``run_fn(fn_args)``, with the Trainer's train_args,
+        eval_args and custom_config, on a seeded subset of the raw ``examples`` (members ∪ non-members)
+        written as Examples (``fn_args.train_files``; the rest of the population is ``eval_files``). With
+        ``transform_graph`` (the Trainer trains on Transform's output) the subsets are transformed with it
+        first, and ``fn_args.transform_output`` points to it. Each reference's ``serving_model_dir`` is read
+        through its signature (``signature_name``, ``output_key``, ``outputs``, as the evaluator reads the
+        target) on the whole population; the inclusion mask is recorded per example id.
+        """
+        import ast
+
+        p = trainer.exec_properties
+        module_file = p.get("module_file")
+        if not module_file:
+            raise ValueError("for_tfx_trainer needs a Trainer built with module_file= (the user module with run_fn)")
+        run_fn = p.get("run_fn") or "run_fn"
+        with open(module_file) as f:
+            names = {n.name for n in ast.parse(f.read()).body if isinstance(n, ast.FunctionDef)}
+        if run_fn not in names:
+            raise ValueError(f"the user module {module_file} has no function {run_fn!r}: the reference models are "
+                             "trained by calling the Trainer's run_fn(fn_args)")
+        from privacy_audit.components.membership_inference.serving_model import ServingOptions
+
+        ServingOptions(signature_name=signature_name, output_key=output_key, outputs=outputs)
+        tfx_trainer = dict(trainer_module_file=os.path.abspath(module_file), trainer_run_fn=run_fn,
+                           trainer_train_args=_json_or_none(p.get("train_args")),
+                           trainer_eval_args=_json_or_none(p.get("eval_args")),
+                           trainer_custom_config=_json_or_none(p.get("custom_config")),
+                           signature_name=signature_name, output_key=output_key, outputs=outputs)
+        # The DPTrainer recipe parameters keep their defaults (unused: the user's run_fn is the recipe).
+        return cls(examples, label_key=label_key, k=k, seed=seed, fraction=fraction, model_variant=model_variant,
+                   members_split=members_split, nonmembers_split=nonmembers_split, private=False,
+                   transform_graph=transform_graph, schema=schema, tfx_trainer=tfx_trainer)
 
     @classmethod
     def for_trainer(cls, trainer: base_component.BaseComponent, examples: types.BaseChannel, *, k: int = 4,
@@ -162,6 +224,18 @@ class ReferenceModelTrainer(base_component.BaseComponent):
                    model_variant=p["model_variant"],
                    members_split=p.get("train_split") or "train", nonmembers_split=nonmembers_split,
                    target_seed=int(p["seed"]), **recipe)
+
+
+def _json_or_none(value: Any) -> Optional[str]:
+    """A Trainer exec property as a JSON string: custom_config (a dict or JSON), train_args / eval_args
+    (protos)."""
+    if value is None or isinstance(value, str):
+        return value
+    if hasattr(value, "DESCRIPTOR"):
+        from google.protobuf import json_format
+
+        return json_format.MessageToJson(value, sort_keys=True, preserving_proto_field_name=True)
+    return json.dumps(value, sort_keys=True)
 
 
 __all__: List[str] = ["ReferenceModels", "ReferenceModelTrainer", "ReferenceModelTrainerSpec"]

@@ -174,9 +174,13 @@ def weighted_rows(c: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
 
 def flatten_rows(t: tf.Tensor, last: int | None = None) -> tf.Tensor:
     """Reshapes ``[B, ..., last]`` to ``[B, T, last]`` (or ``[B, T]`` if None)."""
+    inner = t.shape[1:]
+    # Keep T static when only the batch size is unknown (a Keras train_step traced for any batch):
+    # the rules size their work from it.
+    rows = -1 if not inner.is_fully_defined() else inner.num_elements() // (last or 1)
     if last is None:
-        return tf.reshape(t, [tf.shape(t)[0], -1])
-    return tf.reshape(t, [tf.shape(t)[0], -1, last])
+        return tf.reshape(t, [tf.shape(t)[0], rows])
+    return tf.reshape(t, [tf.shape(t)[0], rows, last])
 
 
 def sum_squares_rows(t: tf.Tensor) -> tf.Tensor:
