@@ -19,6 +19,17 @@ imports the class from that name, so `privacy_audit.PrivacyReport` must resolve.
 from __future__ import annotations
 
 import importlib
+import os as _os
+
+# In a source checkout (a script or `python -c` run from the repository root puts it first on sys.path), this
+# folder shadows the installed package and has no components/ or pipelines/ below it: find them beside it, where
+# the installed package maps them from (pyproject's package-dir).
+_here = _os.path.dirname(_os.path.abspath(__file__))
+_repo = _os.path.dirname(_here)
+if (not _os.path.isdir(_os.path.join(_here, "components"))
+        and _os.path.isfile(_os.path.join(_repo, "components", "__init__.py"))
+        and _os.path.isfile(_os.path.join(_repo, "pipelines", "__init__.py"))):
+    __path__.append(_repo)  # noqa: F821 - the package's own __path__
 
 __version__ = "0.2.0"
 

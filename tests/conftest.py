@@ -19,6 +19,7 @@ TFX_TEST_MODULES = {
     "test_dp_trainer_pipeline.py",
     "test_kubeflow.py",
     "test_mia_component.py",
+    "test_object_store.py",
     "test_one_run_audit_pipeline.py",
     "test_reference_component.py",
     "test_report_component.py",
