@@ -233,7 +233,9 @@ def plan_units(model, registry_enabled: bool = True) -> list | None:
     Registered layers get their rule; other layers with trainable variables get
     the vectorised per-layer fallback, unless all their variables belong to
     sublayers (then the sublayers are planned). Returns None when the split is
-    not exact (a variable shared by two layers).
+    not exact (a variable shared by two layers). With the registry enabled, the
+    layers sent to the fallback are named in one warning per plan (the plan is
+    made once per DPStep, not per step).
     """
     units, seen = [], set()
 
@@ -259,22 +261,56 @@ def plan_units(model, registry_enabled: bool = True) -> list | None:
     expected = {id(v) for v in model.trainable_variables}
     if len(covered) != len(set(covered)) or set(covered) != expected:
         return None
+    fallback = [u.layer for u in units if u.rule is _VECTORISED]
+    if registry_enabled and fallback:
+        logger.warning("no clipping rule for %s: vectorised per-example gradients for %s only "
+                       "(the other layers keep their rules)",
+                       ", ".join(f"layer '{layer.name}' ({type(layer).__name__})"
+                                 for layer in fallback),
+                       "this layer" if len(fallback) == 1 else "these layers")
     return units
 
 
+def _from_batch(tensor, sources: set) -> bool:
+    """Whether a traced ``tensor`` is computed from a graph op in ``sources`` (the batch's).
+
+    True when it cannot tell (an eager tensor carries no graph).
+    """
+    if tf.executing_eagerly() or not isinstance(tensor, tf.Tensor):
+        return True
+    seen, stack = set(), [tensor.op]
+    while stack:
+        op = stack.pop()
+        if op.name in sources:
+            return True
+        if op.name not in seen:
+            seen.add(op.name)
+            stack.extend(t.op for t in op.inputs)
+    return False
+
+
 @contextlib.contextmanager
-def _intercepted(units: Sequence[_Unit], tape: tf.GradientTape):
+def _intercepted(units: Sequence[_Unit], tape: tf.GradientTape, batch=()):
     """Replaces each unit's ``layer.call`` by its rule while the block runs.
 
     Yields a list (one per unit) of the ``(targets, context)`` recorded at each
     call. The instance attribute shadows the class method; Keras' ``__call__``
-    still does input conversion, masking and naming around it.
+    still does input conversion, masking and naming around it. A call on a
+    tensor not computed from ``batch`` (e.g. a position embedding of
+    ``tf.range``) has no per-example rows: it runs the layer's own call and
+    records None.
     """
     records: list[list] = [[] for _ in units]
     patched = []
+    sources = ({t.op.name for t in tf.nest.flatten(batch) if isinstance(t, tf.Tensor)}
+               if not tf.executing_eagerly() else set())
 
     def make_wrapper(index, unit, original):
         def wrapper(*args, **kwargs):
+            first = args[0] if args else kwargs.get("inputs")
+            if sources and not all(_from_batch(t, sources) for t in tf.nest.flatten(first)):
+                records[index].append(None)
+                return original(*args, **kwargs)
             outputs, targets, context = unit.rule.forward(unit.layer, original, *args, **kwargs)
             for t in targets:
                 tape.watch(t)
@@ -520,11 +556,14 @@ class DPStep:
         # The tape also watches variables: a rule computes its activation before the
         # wrapper can watch z, and z depends on the layer's variables.
         with tf.GradientTape() as tape:
-            with _intercepted(self._units, tape) as records:
+            with _intercepted(self._units, tape, x) as records:
                 logits = self.model(x, training=True)
             losses = self._masked_losses(y, logits, mask)
             loss_sum = tf.reduce_sum(losses)
         for unit, calls in zip(self._units, records):
+            if None in calls:
+                raise _NeedsWholeModel(f"layer '{unit.layer.name}' is called on a tensor that "
+                                       "does not come from the batch (no per-example rows)")
             if len(calls) > 1:
                 raise _NeedsWholeModel(f"layer '{unit.layer.name}' is called {len(calls)} times")
         used = [(unit, calls[0]) for unit, calls in zip(self._units, records) if calls]

@@ -188,6 +188,15 @@ def sum_squares_rows(t: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.square(flatten_rows(t)), axis=1)
 
 
+def biased_outputs(layer, z: tf.Tensor, context):
+    """A kernel layer's ``forward`` result ``(activation(z + b), [z + b], context)``, with
+    ``b = layer.bias`` when the layer has one."""
+    if getattr(layer, "bias", None) is not None:
+        z = z + tf.convert_to_tensor(layer.bias)
+    outputs = layer.activation(z) if layer.activation is not None else z
+    return outputs, [z], context
+
+
 def with_bias_rows(variables, sq_norms, kernel_sum, bias_rows):
     """LayerGrads of a kernel (per-example squared norms ``sq_norms``, clipped sum ``kernel_sum(c)``) and
     an optional bias whose per-example gradients are ``bias_rows`` [B, units] (None without a bias)."""
