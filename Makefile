@@ -22,7 +22,7 @@ PY312_PYTEST_ARGS ?= -m "not slow"
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-py312 setup-py312 bench clean-venv
+.PHONY: setup run test test-fast test-py312 setup-py312 bench clean-venv
 
 setup: $(STAMP)
 
@@ -41,6 +41,12 @@ run: setup
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-py312
+
+# The fast specification (executor tests on tiny fixtures and the core's quick tests): without the tests marked
+# slow (LocalDagRunner pipelines, KFP entry points, the image venv) or medium (core tests of a few seconds).
+# CI runs `make test`, which runs every test.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not medium" $(PYTEST_ARGS)
 
 setup-py312: $(VENV312)/.installed
 

@@ -4,7 +4,7 @@ One Keras model (64 inputs, MLP 256-256, 10 softmax classes, untrained: the spee
 weights) is saved twice, as DPTrainer saves it (``keras/model.keras``, fed the parsed feature vector) and as
 a standard TFX Trainer's run_fn exports it (``Format-Serving/``: a ``serving_default`` signature that parses
 the serialized tf.Examples itself). N members + N non-members (64 float features + a label, GZIP TFRecord
-Examples) go through the evaluator's Beam graph (``beam_pipeline.audit_examples``: read, batched inference
+Examples) go through the evaluator's Beam graph (``membership_inference.beam.audit_examples``: read, batched inference
 with the model loaded once per worker, threshold attack on the entire data set) for each path, on the
 DirectRunner in one process. Each path is timed ``--repeats`` times after one warm-up; the median counts.
 
@@ -63,13 +63,13 @@ def _save_models(root: str, seed: int):
 
 
 def _run(members: str, nonmembers: str, model, tmp: str) -> float:
-    from privacy_audit.components.membership_inference import beam_pipeline
+    from privacy_audit.components.membership_inference import beam as mi_beam
     from privacy_audit.components.membership_inference.slicing import SlicingSpec
 
-    settings = beam_pipeline.AuditSettings(attacks=("threshold",), slicing=SlicingSpec(), seed=0)
-    targets = {model.key: beam_pipeline.OutputTarget(os.path.join(tmp, f"{model.key}.json"), {"model_variant": "b"})}
+    settings = mi_beam.AuditSettings(attacks=("threshold",), slicing=SlicingSpec(), seed=0)
+    targets = {model.key: mi_beam.OutputTarget(os.path.join(tmp, f"{model.key}.json"), {"model_variant": "b"})}
     t0 = time.perf_counter()
-    beam_pipeline.audit_examples(members, nonmembers, [model], targets, label_key="label",
+    mi_beam.audit_examples(members, nonmembers, [model], targets, label_key="label",
                                  input_features=[] if model.serving else FEATURES, settings=settings,
                                  staging_dir=os.path.join(tmp, "staging"),
                                  beam_pipeline_args=["--direct_running_mode=in_memory"])
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from privacy_audit.components.membership_inference import beam_pipeline
+    from privacy_audit.components.membership_inference import beam as mi_beam
     from privacy_audit.components.membership_inference.serving_model import ServingModel, read_probe
 
     tmp = tempfile.mkdtemp(prefix="evaluator_throughput_")
@@ -95,8 +95,8 @@ def main(argv=None) -> int:
         nonmembers = _write_split(os.path.join(tmp, "examples"), "eval", x[args.n:], y[args.n:])
         keras_path, serving_path = _save_models(os.path.join(tmp, "model"), args.seed)
         options = ServingModel(serving_path).resolve(read_probe(members))
-        paths = {"keras": beam_pipeline.ModelToEvaluate("keras", keras_path),
-                 "signature": beam_pipeline.ModelToEvaluate("signature", serving_path, options)}
+        paths = {"keras": mi_beam.ModelToEvaluate("keras", keras_path),
+                 "signature": mi_beam.ModelToEvaluate("signature", serving_path, options)}
         rates = {}
         for name, model in paths.items():
             _run(members, nonmembers, model, tmp)  # warm-up: model load, graph tracing

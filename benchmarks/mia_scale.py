@@ -4,7 +4,7 @@
 
 Generates N members and N non-members (10-class logits, float32; seeded, in chunks) as long-layout
 Parquet (``is_member``, ``logits``, ``label``), then times the threshold attack on the entire data set and
-by class through :func:`beam_pipeline.audit_saved_outputs` on the DirectRunner in multi-processing mode
+by class through :func:`membership_inference.beam.audit_saved_outputs` on the DirectRunner in multi-processing mode
 (2 workers). Generation is not timed. The last lines are ``seconds=<float>`` and ``peak_rss_mb=<int>``:
 the peak, while the audit runs, of the resident memory summed over this process and all its children
 (sampled with psutil every 0.1 s; at least this process's getrusage maxrss).
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
     args = parser.parse_args(argv)
 
-    from privacy_audit.components.membership_inference import beam_pipeline
+    from privacy_audit.components.membership_inference import beam as mi_beam
     from privacy_audit.components.membership_inference.slicing import SlicingSpec
 
     work = args.work_dir or tempfile.mkdtemp(prefix="mia_scale_")
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     try:
         with PeakRss() as rss:
             t0 = time.perf_counter()
-            obj = beam_pipeline.audit_saved_outputs(
+            obj = mi_beam.audit_saved_outputs(
                 data_dir, out, ["threshold"], SlicingSpec(entire_dataset=True, by_class=True), seed=0,
                 beam_pipeline_args=beam_args, batch_rows=args.batch_rows,
                 per_example_dir=os.path.join(work, "per_example") if args.per_example else None)

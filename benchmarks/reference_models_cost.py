@@ -72,17 +72,18 @@ def main(argv=None) -> int:
 
     import keras
 
-    from privacy_audit.components.membership_inference import reference_models as rm
-    from privacy_audit.components.membership_inference import strong_attacks as sa
+    from privacy_audit.components import reference_models as rm
+    from privacy_audit.components.membership_inference import attacks as sa
     from privacy_audit.components.membership_inference.metrics import attack_metrics
 
     x, y, member = load_population()
     recipe = rm.TrainingRecipe(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                                private=args.private, noise_multiplier=1.0 if args.private else None,
                                l2_norm_clip=1.0)
+    backend = rm.training.fit_backend(recipe)
     print(f"digits: {len(y)} examples, target members {int(member.sum())}; model mlp 64-128-128-10; "
           f"{args.epochs} epochs, batch {args.batch_size}, lr {args.learning_rate}, "
-          f"{'DP-SGD sigma=1.0 C=1.0' if args.private else 'non-private'} ({recipe.backend}); "
+          f"{'DP-SGD sigma=1.0 C=1.0' if args.private else 'non-private'} ({backend}); "
           f"{os.cpu_count()} CPU cores", flush=True)
 
     # Warm-up (untimed): TensorFlow start-up, first tracing.
@@ -131,14 +132,13 @@ def main(argv=None) -> int:
 
 def pipeline_variant(args) -> int:
     """K references of a demo variant through the ReferenceModelTrainer's library, against one target run."""
-    import dataclasses
     import tempfile
 
     import keras
 
     from privacy_audit.components.dp_trainer import sampling, trainer
-    from privacy_audit.components.membership_inference import reference_models as rm
-    from privacy_audit.components.membership_inference import strong_attacks as sa
+    from privacy_audit.components import reference_models as rm
+    from privacy_audit.components.membership_inference import attacks as sa
     from privacy_audit.components.membership_inference.metrics import attack_metrics
     from privacy_audit.pipelines import run
     from privacy_audit.pipelines.pipeline import default_variants
@@ -149,43 +149,37 @@ def pipeline_variant(args) -> int:
     x, y, _ = load_population()
     fraction = run.DEFAULTS["members_fraction"]
     member = np.random.default_rng(0).random(len(y)) < fraction
-    config = trainer.DPTrainingConfig(
-        model_variant=spec.name, private=spec.private, epochs=spec.epochs, batch_size=spec.batch_size,
-        learning_rate=spec.learning_rate, optimizer=spec.optimizer, l2_norm_clip=spec.l2_norm_clip,
-        noise_multiplier=spec.noise_multiplier, target_epsilon=spec.target_epsilon, delta=spec.delta,
-        sampling=spec.sampling, builtin_model=spec.builtin_model, hparams=dict(spec.hparams), checkpoint_every=0)
+    config = spec.recipe.replace(checkpoint_every=0)
     n = int(member.sum())
     steps = sampling.PoissonSampler(n, config.batch_size, seed=0).steps_per_epoch
     sigma, _ = trainer.resolve_noise(config, n, steps)
-    recipe = rm.TrainingRecipe(epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
-                               optimizer=config.optimizer, private=config.private, l2_norm_clip=config.l2_norm_clip,
-                               noise_multiplier=sigma, fit_with="dp_trainer")
+    recipe = config.replace(noise_multiplier=sigma, target_epsilon=None)
     builder = rm.ModelBuilder(trainer.model_hparams(config, x, 10), builtin=config.builtin_model)
     print(f"digits: {len(y)} examples, target members {n} (fraction {fraction}); variant {spec.name}: "
           f"{config.builtin_model} {config.hparams}, {config.epochs} epochs, batch {config.batch_size}, "
           f"lr {config.learning_rate}, {'DP σ=%.3g' % sigma if config.private else 'non-private'}; "
           f"{os.cpu_count()} CPU cores", flush=True)
-    rm.train_one(builder, x[:256], y[:256], x[:8], dataclasses.replace(recipe, epochs=1), seed=99)  # warm-up
+    rm.train_one(builder, x[:256], y[:256], x[:8], recipe.replace(epochs=1), seed=99, fit_with="dp_trainer")  # warm-up
     # The target's run is timed --target-runs times (the median is the denominator): one run on a shared
     # 2-core machine varies by 2x, and a single noisy denominator made the ratio swing from 1.8 to 6.
     runs = []
     for r in range(args.target_runs):
         t0 = time.perf_counter()
-        target = rm.train_one(builder, x[member], y[member], x, recipe, seed=0)
+        target = rm.train_one(builder, x[member], y[member], x, recipe, seed=0, fit_with="dp_trainer")
         runs.append(time.perf_counter() - t0)
     one_run = float(np.median(runs))
     print(f"one training run (target): median {one_run:.2f}s of {', '.join(f'{t:.2f}' for t in runs)}s", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         refs = rm.train_for_trainer_recipe(
-            os.path.join(tmp, "refs.npz"), config, x_members=x[member], y_members=y[member], x_nonmembers=x[~member],
+            os.path.join(tmp, "refs.npz"), config, model_variant=spec.name, x_members=x[member], y_members=y[member], x_nonmembers=x[~member],
             y_nonmembers=y[~member], sha1_members=[f"{i:040x}" for i in np.flatnonzero(member)],
             sha1_nonmembers=[f"{i:040x}" for i in np.flatnonzero(~member)], input_features=[], k=args.k,
             n_jobs=args.n_jobs, verbose=True)
         ref_seconds = time.perf_counter() - t
     order = np.concatenate([np.flatnonzero(member), np.flatnonzero(~member)])
     is_member = np.arange(len(y)) < n
-    aucs = {name: attack_metrics(rm.reference_attack_scores(name, target[order], y[order], refs)[0], is_member)
+    aucs = {name: attack_metrics(sa.reference_attack_scores(name, target[order], y[order], refs)[0], is_member)
             for name in ("lira", "lira_offline", "rmia")}
     # p_y ranks examples exactly as minus the loss: the threshold attack.
     loss = attack_metrics(sa.true_class_probability(target[order], y[order]), is_member)

@@ -54,18 +54,21 @@ def with_runtime_parameters(variants: List[Any], audit: Any, data_root: str):
                    f"privacy gate: fail when a slice's {k[4:]} exceeds this ({GATE_OFF[k]:g} = no gate)")
             for k in GATE_OFF}
     audit = dataclasses.replace(audit, **gate)
-    shared_epochs = len({v.epochs for v in variants}) == 1
+    shared_epochs = len({v.recipe.epochs for v in variants}) == 1
     if shared_epochs:
-        epochs = add("epochs", int, variants[0].epochs, "training epochs of every model variant")
+        epochs = add("epochs", int, variants[0].recipe.epochs, "training epochs of every model variant")
     out = []
     for v in variants:
         key = _PARAM_NAME.sub("_", v.name)
-        changes = {"epochs": epochs if shared_epochs else add(f"epochs_{key}", int, v.epochs,
+        recipe = v.recipe
+        changes = {"epochs": epochs if shared_epochs else add(f"epochs_{key}", int, recipe.epochs,
                                                                 f"training epochs of {v.name}")}
-        if v.private and v.target_epsilon is not None:
-            changes["target_epsilon"] = add(f"target_epsilon_{key}", float, v.target_epsilon,
+        if recipe.private and recipe.target_epsilon is not None:
+            changes["target_epsilon"] = add(f"target_epsilon_{key}", float, recipe.target_epsilon,
                                             f"DP ε of {v.name} (σ is calibrated to it when the run starts)")
-        out.append(dataclasses.replace(v, **changes))
+        # The recipe keeps the compiled values (the parameters' defaults); the trainers get the parameters as
+        # run-time overrides of it (TrainingRecipe.with_overrides).
+        out.append(dataclasses.replace(v, runtime_parameters={**v.runtime_parameters, **changes}))
     return out, audit, root, params
 
 

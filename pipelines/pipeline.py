@@ -7,31 +7,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from privacy_audit.components.common.recipe import RUNTIME_OVERRIDES, TrainingRecipe, as_recipe
 
 DEFAULT_PIPELINE_NAME = "privacy-audit"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class VariantSpec:
-    """One model variant: a DPTrainer and its evaluator. ``private=False`` is the non-private baseline."""
+    """One model variant: its name and its training recipe (a DPTrainer and its evaluator).
+
+    ``recipe.private=False`` is the non-private baseline. ``runtime_parameters``: recipe fields a Kubeflow run
+    may change ({"epochs": RuntimeParameter, "target_epsilon": RuntimeParameter}; see
+    kubeflow.with_runtime_parameters), whose defaults are the recipe's values. The recipe's fields read as the
+    variant's own (``variant.epochs`` is ``variant.recipe.epochs``).
+    """
     name: str
-    private: bool = True
-    epochs: int = 20
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"
-    l2_norm_clip: float = 1.0
-    noise_multiplier: Optional[float] = None
-    target_epsilon: Optional[float] = None
-    delta: Optional[float] = None
-    sampling: str = "poisson"
-    accountant: str = "rdp"
-    checkpoint_every: int = 2
-    module_file: Optional[str] = None
-    model_fn: str = "build_keras_model"
-    builtin_model: str = "auto"
-    hparams: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    recipe: TrainingRecipe = dataclasses.field(default_factory=TrainingRecipe)
+    runtime_parameters: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         # The name becomes component ids and folders under the pipeline root: refused here, where every entry
@@ -39,6 +33,23 @@ class VariantSpec:
         from privacy_audit.pipelines.validation import check_path_name
 
         check_path_name("variant name", self.name)
+        if not isinstance(self.recipe, TrainingRecipe):
+            object.__setattr__(self, "recipe", as_recipe(self.recipe))
+        unknown = sorted(set(self.runtime_parameters) - set(RUNTIME_OVERRIDES))
+        if unknown:
+            raise ValueError(f"runtime_parameters {unknown} cannot be run-time parameters; only {RUNTIME_OVERRIDES}")
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for names that are not VariantSpec fields: the recipe's fields, read-only.
+        if name != "recipe" and name in TrainingRecipe.field_names():
+            return getattr(self.recipe, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @classmethod
+    def of(cls, name: str, **recipe_fields: Any) -> "VariantSpec":
+        """``VariantSpec.of("dp", epochs=10, target_epsilon=2.0)``: a variant from recipe fields (the others keep
+        the TrainingRecipe defaults)."""
+        return cls(name=name, recipe=TrainingRecipe(**recipe_fields))
 
 
 def default_variants(epochs: int = 40) -> List[VariantSpec]:
@@ -54,10 +65,10 @@ def default_variants(epochs: int = 40) -> List[VariantSpec]:
     keeps the attacks at 0.50-0.54 on three seeds in four (0.556 on the fourth) at test accuracy 0.83-0.90.
     """
     return [
-        VariantSpec(name="non_private", private=False, epochs=epochs, batch_size=16, learning_rate=1e-3,
-                    builtin_model="mlp", hparams={"hidden_units": [512, 512]}),
-        VariantSpec(name="dp_eps1", private=True, epochs=epochs, batch_size=128, learning_rate=2e-2,
-                    l2_norm_clip=4.0, target_epsilon=1.0, builtin_model="softmax_regression"),
+        VariantSpec.of("non_private", private=False, epochs=epochs, batch_size=16, learning_rate=1e-3,
+                       builtin_model="mlp", hparams={"hidden_units": [512, 512]}),
+        VariantSpec.of("dp_eps1", private=True, epochs=epochs, batch_size=128, learning_rate=2e-2,
+                       l2_norm_clip=4.0, target_epsilon=1.0, builtin_model="softmax_regression"),
     ]
 
 
@@ -111,6 +122,39 @@ def _split_buckets(members_fraction: float):
     return max(1, min(99, m)), 100 - max(1, min(99, m))
 
 
+def _variant_components(v: VariantSpec, examples, audit: AuditSpec, *, seed: int, label_key: str,
+                        feature_keys: Optional[List[str]]):
+    """``(DPTrainer, ReferenceModelTrainer or None, MembershipInferenceEvaluator)`` of one model variant."""
+    from privacy_audit.components.dp_trainer.component import DPTrainer
+    from privacy_audit.components.membership_inference.component import MembershipInferenceEvaluator
+    from privacy_audit.components.reference_models.component import ReferenceModelTrainer
+
+    # The pipeline's seed and one-run audit apply to every variant (the audit to private ones only).
+    recipe = v.recipe.replace(seed=seed, audit_canaries=audit.audit_canaries if v.recipe.private else 0)
+    trainer = DPTrainer(
+        examples=examples, label_key=label_key, model_variant=v.name, recipe=recipe,
+        train_split=audit.members_split, feature_keys=feature_keys, **dict(v.runtime_parameters),
+    ).with_id(f"DPTrainer.{v.name}")
+    references = None
+    if audit.reference_models:
+        # Depends on the Examples and the recipe only: cached across runs that retrain the same recipe.
+        references = ReferenceModelTrainer.for_trainer(
+            trainer, examples, k=audit.reference_models, seed=seed, init=audit.reference_init,
+            n_jobs=audit.reference_n_jobs, nonmembers_split=audit.nonmembers_split,
+        ).with_id(f"ReferenceModelTrainer.{v.name}")
+    evaluator = MembershipInferenceEvaluator(
+        examples=examples, model=trainer.outputs["model"], model_run=trainer.outputs["model_run"],
+        reference_models=references.outputs["reference_models"] if references is not None else None,
+        label_key=label_key, feature_keys=feature_keys, members_split=audit.members_split,
+        nonmembers_split=audit.nonmembers_split, attacks=audit.evaluator_attacks(),
+        slicing=dict(audit.slicing), seed=seed, min_slice_size=audit.min_slice_size, max_auc=audit.max_auc,
+        max_attacker_advantage=audit.max_attacker_advantage,
+        max_epsilon_lower_bound=audit.max_epsilon_lower_bound, model_variant=v.name,
+        reference_options=audit.reference_options if references is not None else None,
+    ).with_id(f"MembershipInferenceEvaluator.{v.name}")
+    return trainer, references, evaluator
+
+
 def _example_gen(data_root: Optional[str], examples_dir: Optional[str], members_split: str,
                  nonmembers_split: str, members_fraction: float = 0.5):
     members_fraction_buckets = _split_buckets(members_fraction)
@@ -160,7 +204,8 @@ def create_pipeline(*, pipeline_root: str, label_key: str, data_root: Optional[s
       data_root: a directory of CSV files (CsvExampleGen) or of GZIP TFRecords of tf.Example
         (ImportExampleGen); split by hash into members (``audit.members_split``) and non-members, 1:1.
       examples_dir: instead of data_root, an existing TFX Examples artifact directory (Split-<name>/).
-      variants: the model variants (default: non-private and DP at ε ≈ 3).
+      variants: the model variants, each a name and a TrainingRecipe (default: :func:`default_variants`). The
+        pipeline's ``seed`` and ``audit.audit_canaries`` (private variants) are set on every recipe.
       audit: evaluator settings (attacks, slicing, privacy gate, reference models, one-run audit).
       metadata_path: SQLite file for ML Metadata (local runs); None on Kubeflow. Always a local file, also
         when pipeline_root is a bucket.
@@ -169,17 +214,14 @@ def create_pipeline(*, pipeline_root: str, label_key: str, data_root: Optional[s
       beam_pipeline_args: e.g. ["--direct_running_mode=multi_processing", "--direct_num_workers=2"] locally,
         or a Dataflow/Flink/Spark runner's arguments.
 
-    On Kubeflow, data_root, the variants' ``epochs`` and ``target_epsilon`` and the audit's gate thresholds may be
-    TFX RuntimeParameters (run-time pipeline parameters; see kubeflow.with_runtime_parameters).
+    On Kubeflow, data_root, the variants' ``epochs`` and ``target_epsilon`` (``VariantSpec.runtime_parameters``,
+    run-time overrides of the recipe) and the audit's gate thresholds may be TFX RuntimeParameters (run-time
+    pipeline parameters; see kubeflow.with_runtime_parameters).
     """
     from tfx.v1 import dsl
     from tfx.orchestration import metadata
 
-    from privacy_audit.components.dp_trainer.component import DPTrainer
-    from privacy_audit.components.membership_inference.component import MembershipInferenceEvaluator
     from privacy_audit.components.privacy_report.component import PrivacyReportGenerator
-    from privacy_audit.components.reference_models.component import ReferenceModelTrainer
-
     from privacy_audit.pipelines.validation import check_path_name
 
     check_path_name("pipeline_name", pipeline_name)
@@ -202,36 +244,9 @@ def create_pipeline(*, pipeline_root: str, label_key: str, data_root: Optional[s
     components = [example_gen]
     results, ledgers, blessings = [], [], []
     for v in variants:
-        trainer = DPTrainer(
-            examples=examples, label_key=label_key, model_variant=v.name, private=v.private, epochs=v.epochs,
-            batch_size=v.batch_size, learning_rate=v.learning_rate, optimizer=v.optimizer,
-            l2_norm_clip=v.l2_norm_clip, noise_multiplier=v.noise_multiplier if v.private else None,
-            target_epsilon=v.target_epsilon if v.private else None, delta=v.delta, sampling=v.sampling,
-            accountant=v.accountant, checkpoint_every=v.checkpoint_every, seed=seed,
-            train_split=audit.members_split, feature_keys=feature_keys, module_file=v.module_file,
-            model_fn=v.model_fn, builtin_model=v.builtin_model, hparams=v.hparams,
-            audit_canaries=audit.audit_canaries if v.private else 0,
-        ).with_id(f"DPTrainer.{v.name}")
-        components.append(trainer)
-        references = None
-        if audit.reference_models:
-            # Depends on the Examples and the recipe only: cached across runs that retrain the same recipe.
-            references = ReferenceModelTrainer.for_trainer(
-                trainer, examples, k=audit.reference_models, seed=seed, init=audit.reference_init,
-                n_jobs=audit.reference_n_jobs, nonmembers_split=audit.nonmembers_split,
-            ).with_id(f"ReferenceModelTrainer.{v.name}")
-            components.append(references)
-        evaluator = MembershipInferenceEvaluator(
-            examples=examples, model=trainer.outputs["model"], model_run=trainer.outputs["model_run"],
-            reference_models=references.outputs["reference_models"] if references is not None else None,
-            label_key=label_key, feature_keys=feature_keys, members_split=audit.members_split,
-            nonmembers_split=audit.nonmembers_split, attacks=audit.evaluator_attacks(),
-            slicing=dict(audit.slicing), seed=seed, min_slice_size=audit.min_slice_size, max_auc=audit.max_auc,
-            max_attacker_advantage=audit.max_attacker_advantage,
-            max_epsilon_lower_bound=audit.max_epsilon_lower_bound, model_variant=v.name,
-            reference_options=audit.reference_options if references is not None else None,
-        ).with_id(f"MembershipInferenceEvaluator.{v.name}")
-        components.append(evaluator)
+        trio = _variant_components(v, examples, audit, seed=seed, label_key=label_key, feature_keys=feature_keys)
+        components.extend(c for c in trio if c is not None)
+        trainer, _, evaluator = trio
         results.append(evaluator.outputs["attack_results"])
         ledgers.append(trainer.outputs["model_run"])
         blessings.append(evaluator.outputs["blessing"])

@@ -25,35 +25,43 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
+from privacy_audit.components.common.recipe import DEFAULT_TARGET_EPSILON, TrainingRecipe
 from privacy_audit.pipelines import validation
 from privacy_audit.pipelines.pipeline import DEFAULT_PIPELINE_NAME, AuditSpec, VariantSpec, default_variants
 
+# A variant's recipe takes its settings by the TrainingRecipe's own field names (no name map; ``model`` is the
+# command line's name for ``builtin_model``). The seed and the one-run audit's canaries are the pipeline's,
+# set on every variant by create_pipeline.
+RECIPE_KEYS = tuple(k for k in TrainingRecipe.field_names() if k not in ("seed", "audit_canaries"))
+_RECIPE = TrainingRecipe()  # the defaults of the variants a user defines
+
 # Every key a config file may hold, with its default. Variant-level keys apply to every variant unless
-# `variants` lists them one by one.
+# `variants` lists them one by one; None keeps each variant's own value (the demo variants' own, else the
+# TrainingRecipe default).
 DEFAULTS: Dict[str, Any] = {
     "data": None,                # directory of CSV files or GZIP TFRecords of tf.Example
     "examples": None,            # an existing TFX Examples artifact directory (Split-train/, Split-eval/)
     "label_key": None,           # default "label" for the embedded data
     "feature_keys": None,
     "module_file": None,
-    "model_fn": "build_keras_model",
+    "model_fn": _RECIPE.model_fn,
     "model": None,               # built-in model when no module_file: auto, cnn, mlp, softmax_regression
                                  # (default: each demo variant's own: the non-private MLP
                                  # 64-512-512-10, the DP variant's softmax regression)
-    "epochs": 40,
-    "batch_size": None,          # default: 16 non-private, 64 DP
-    "learning_rate": None,       # default: 1e-3 non-private, 5e-3 DP
+    "epochs": _RECIPE.epochs,
+    "batch_size": None,          # default: the demo variants' own (16 non-private, 128 DP); 64 in variants you define
+    "learning_rate": None,       # default: the demo variants' own (1e-3 non-private, 2e-2 DP); 1e-3 in yours
     "members_fraction": 0.5,     # share of the data that trains the models (members); the rest are non-members
-    "optimizer": "adam",
+    "optimizer": _RECIPE.optimizer,
     "l2_norm_clip": None,        # default: the demo DP variant's own; 1.0 in variants you define
     "noise_multiplier": None,
     "target_epsilon": None,      # default: the demo DP variant's own; 3.0 in variants you define
     "delta": None,
-    "sampling": "poisson",
-    "accountant": "rdp",
-    "checkpoint_every": 2,
+    "sampling": _RECIPE.sampling,
+    "accountant": _RECIPE.accountant,
+    "checkpoint_every": _RECIPE.checkpoint_every,
     "hparams": None,
-    "variants": None,            # list of {name, private, ...VariantSpec fields}
+    "variants": None,            # list of {name, private, ...TrainingRecipe fields}
     "attacks": ["threshold", "logistic_regression"],
     "slicing": ["entire_dataset", "by_class"],
     "slice_feature_keys": None,
@@ -70,7 +78,7 @@ DEFAULTS: Dict[str, Any] = {
     # One-run privacy audit of every private variant with this many canaries (0 = off). None: DEMO_AUDIT_CANARIES
     # on the embedded demo, 0 with your own data (one more training run per private variant).
     "audit_canaries": None,
-    "seed": 0,
+    "seed": _RECIPE.seed,
     "pipeline_name": DEFAULT_PIPELINE_NAME,
     "title": "Privacy audit",
     "beam_pipeline_args": None,
@@ -83,10 +91,7 @@ DEFAULTS: Dict[str, Any] = {
     "max_auc_increase": None,   # drift gate: refuse the blessing when the max AUC rose more than this
     "resources": None,           # compile-kfp only: {component kind: {cpu_request, memory_limit, gpu_count, ...}}
 }
-# DP settings of the variants a config file defines without them.
-DEFAULT_L2_NORM_CLIP = 1.0
-DEFAULT_TARGET_EPSILON = 3.0
-VARIANT_KEYS = {f.name for f in dataclasses.fields(VariantSpec)}
+VARIANT_KEYS = {"name", *RECIPE_KEYS}
 # Measured on 2 cores (see the project notes): the demo with both stays well under 10 minutes.
 DEMO_REFERENCE_MODELS = 4
 DEMO_AUDIT_CANARIES = 0
@@ -237,49 +242,48 @@ def resolve_settings(args: argparse.Namespace) -> Dict[str, Any]:
     return settings
 
 
-def _or(value: Any, default: Any) -> Any:
-    return default if value is None else value
-
-
 def build_variants(s: Dict[str, Any]) -> List[VariantSpec]:
-    common = dict(epochs=s["epochs"], optimizer=s["optimizer"], sampling=s["sampling"],
-                  accountant=s["accountant"], checkpoint_every=s["checkpoint_every"],
-                  module_file=s["module_file"], model_fn=s["model_fn"])
-    # Settings left unset keep each variant's own default.
-    if s["learning_rate"] is not None:
-        common["learning_rate"] = s["learning_rate"]
+    """The variants of resolved settings: the config file's ``variants`` (each a name and recipe fields, the
+    top-level settings under them, TrainingRecipe defaults for the rest; a private variant without σ or ε gets
+    ε = DEFAULT_TARGET_EPSILON), or the demo's two variants with the settings given on top."""
+    top = {k: s[k] for k in RECIPE_KEYS if s.get(k) is not None}
     if s["model"] is not None:
-        common["builtin_model"] = s["model"]
+        top["builtin_model"] = s["model"]
     if s["variants"]:
         out = []
+        # The DP settings and hparams given at the top level are the demo DP variant's; a listed variant keeps
+        # its own (or the recipe's defaults), except ε for a private variant that gives neither σ nor ε.
+        shared = {k: v for k, v in top.items() if k not in ("noise_multiplier", "target_epsilon", "hparams")}
         for v in s["variants"]:
-            spec = {**common, "l2_norm_clip": _or(s["l2_norm_clip"], DEFAULT_L2_NORM_CLIP), "delta": s["delta"], **v}
-            if spec.get("private", True) and spec.get("noise_multiplier") is None and spec.get("target_epsilon") is None:
-                spec["target_epsilon"] = _or(s["target_epsilon"], DEFAULT_TARGET_EPSILON)
-            spec.setdefault("batch_size", _or(s["batch_size"], 64))
-            out.append(VariantSpec(**spec))
+            fields = {**shared, **{k: x for k, x in v.items() if k != "name"}}
+            if fields.get("private", _RECIPE.private) and fields.get("noise_multiplier") is None \
+                    and fields.get("target_epsilon") is None:
+                fields["target_epsilon"] = s["target_epsilon"] if s["target_epsilon"] is not None \
+                    else DEFAULT_TARGET_EPSILON
+            out.append(VariantSpec(name=v["name"], recipe=TrainingRecipe(**fields)))
         return out
     out = []
     for v in default_variants(s["epochs"]):
-        spec = dataclasses.asdict(v)
-        spec.update(common)
+        # Settings left unset keep each demo variant's own value.
+        changes = {k: top[k] for k in ("epochs", "optimizer", "sampling", "accountant", "checkpoint_every",
+                                       "module_file", "model_fn", "learning_rate", "builtin_model", "batch_size")
+                   if k in top}
         if s["hparams"] is not None:
-            spec["hparams"] = s["hparams"]
+            changes["hparams"] = s["hparams"]
         elif s["module_file"] or s["model"] is not None:
-            spec["hparams"] = {}
-        if s["batch_size"] is not None:
-            spec["batch_size"] = s["batch_size"]
+            changes["hparams"] = {}
+        name = v.name
         if v.private:
-            spec["delta"] = s["delta"]
+            changes["delta"] = s["delta"]
             if s["l2_norm_clip"] is not None:
-                spec["l2_norm_clip"] = s["l2_norm_clip"]
+                changes["l2_norm_clip"] = s["l2_norm_clip"]
             if s["noise_multiplier"] is not None:
-                spec.update(noise_multiplier=s["noise_multiplier"], target_epsilon=None,
-                            name=f"dp_sigma{s['noise_multiplier']:g}".replace(".", "_"))
+                changes.update(noise_multiplier=s["noise_multiplier"], target_epsilon=None)
+                name = f"dp_sigma{s['noise_multiplier']:g}".replace(".", "_")
             elif s["target_epsilon"] is not None:
-                spec.update(target_epsilon=s["target_epsilon"],
-                            name=f"dp_eps{s['target_epsilon']:g}".replace(".", "_"))
-        out.append(VariantSpec(**spec))
+                changes["target_epsilon"] = s["target_epsilon"]
+                name = f"dp_eps{s['target_epsilon']:g}".replace(".", "_")
+        out.append(VariantSpec(name=name, recipe=v.recipe.replace(**changes)))
     return out
 
 

@@ -34,29 +34,27 @@ import numpy as np  # noqa: E402
 
 def measure(x, y, seed: int, args) -> dict:
     from privacy_audit.components.dp_trainer import sampling, trainer
-    from privacy_audit.components.membership_inference import reference_models as rm
-    from privacy_audit.components.membership_inference import strong_attacks as sa
+    from privacy_audit.components import reference_models as rm
+    from privacy_audit.components.membership_inference import attacks as sa
     from privacy_audit.components.membership_inference.metrics import attack_metrics
 
     member = np.random.default_rng([seed, 0x5E]).random(len(y)) < args.members_fraction
     private = args.epsilon > 0
     hidden = [int(h) for h in args.hidden.split(",") if h]
-    config = trainer.DPTrainingConfig(
-        model_variant="dp" if private else "non_private", private=private, epochs=args.epochs,
-        batch_size=args.batch_size, learning_rate=args.learning_rate, optimizer=args.optimizer,
-        l2_norm_clip=args.clip, target_epsilon=args.epsilon if private else None, delta=args.delta,
-        builtin_model=args.model, hparams={"hidden_units": hidden}, checkpoint_every=0, seed=seed)
+    config = rm.TrainingRecipe(
+        private=private, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        optimizer=args.optimizer, l2_norm_clip=args.clip, target_epsilon=args.epsilon if private else None,
+        delta=args.delta, builtin_model=args.model, hparams={"hidden_units": hidden}, checkpoint_every=0, seed=seed)
     n = int(member.sum())
     steps = sampling.PoissonSampler(n, config.batch_size, seed=seed).steps_per_epoch
     sigma = trainer.resolve_noise(config, n, steps)[0] if private else None
-    recipe = rm.TrainingRecipe(epochs=config.epochs, batch_size=config.batch_size,
-                               learning_rate=config.learning_rate, optimizer=config.optimizer, private=private,
-                               l2_norm_clip=config.l2_norm_clip, noise_multiplier=sigma, fit_with="dp_trainer")
+    recipe = config.replace(noise_multiplier=sigma, target_epsilon=None)
     builder = rm.ModelBuilder(trainer.model_hparams(config, x, 10), builtin=args.model)
-    target = rm.train_one(builder, x[member], y[member], x, recipe, seed=1000 + seed)
+    target = rm.train_one(builder, x[member], y[member], x, recipe, seed=1000 + seed, fit_with="dp_trainer")
     with tempfile.TemporaryDirectory() as tmp:
         refs = rm.train_for_trainer_recipe(
-            os.path.join(tmp, "refs.npz"), config, x_members=x[member], y_members=y[member],
+            os.path.join(tmp, "refs.npz"), config, model_variant="dp" if private else "non_private",
+            x_members=x[member], y_members=y[member],
             x_nonmembers=x[~member], y_nonmembers=y[~member],
             sha1_members=[f"{i:040x}" for i in np.flatnonzero(member)],
             sha1_nonmembers=[f"{i:040x}" for i in np.flatnonzero(~member)], input_features=[], k=args.k,
@@ -65,7 +63,7 @@ def measure(x, y, seed: int, args) -> dict:
     logits, labels = target[order], y[order]
     scores = {"threshold": sa.true_class_probability(logits, labels)}
     for name in ("lira", "lira_offline", "rmia"):
-        scores[name] = rm.reference_attack_scores(name, logits, labels, refs)[0]
+        scores[name] = sa.reference_attack_scores(name, logits, labels, refs)[0]
     is_member = np.arange(len(y)) < n
     keep = np.ones(len(y), bool)
     if args.null:  # fake members among the non-members only

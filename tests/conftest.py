@@ -17,6 +17,10 @@ HAS_TFX = importlib.util.find_spec("tfx") is not None
 # Modules whose every test builds or runs TFX components or pipelines.
 TFX_TEST_MODULES = {
     "test_dp_trainer_pipeline.py",
+    "test_executor_dp_trainer.py",
+    "test_executor_membership_inference.py",
+    "test_executor_privacy_report.py",
+    "test_executor_reference_models.py",
     "test_kubeflow.py",
     "test_mia_component.py",
     "test_object_store.py",

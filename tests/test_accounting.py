@@ -18,6 +18,7 @@ def test_rdp_matches_published_mnist_value():
     assert eps == pytest.approx(2.597, abs=5e-4)
 
 
+@pytest.mark.medium
 def test_pld_matches_published_mnist_value():
     eps = accounting.compute_epsilon(n_examples=60000, batch_size=256, noise_multiplier=1.1, delta=1e-5,
                                      epochs=60, accountant="pld")
@@ -118,6 +119,7 @@ def _cli(*args):
                           text=True, timeout=120)
 
 
+@pytest.mark.medium
 def test_cli_epsilon_contract():
     r = _cli("--n", "60000", "--batch-size", "256", "--epochs", "60", "--noise-multiplier", "1.1",
              "--delta", "1e-5")
@@ -131,6 +133,7 @@ def test_cli_epsilon_contract():
     assert out["noise_multiplier"] == pytest.approx(1.014, abs=5e-4)
 
 
+@pytest.mark.medium
 def test_cli_epsilon_bad_input():
     r = _cli("--n", "100", "--batch-size", "10", "--epochs", "1", "--noise-multiplier", "-1")
     assert r.returncode == 2 and "noise_multiplier" in r.stderr

@@ -109,6 +109,7 @@ def _fixture_artifacts(root: Path):
     return inputs
 
 
+@pytest.mark.medium
 def test_two_local_report_runs_give_a_two_point_trend_without_ml_metadata(tmp_path):
     from tfx.types import standard_artifacts  # noqa: F401 - the executor needs tfx
 

@@ -36,6 +36,9 @@ def float64():
     keras.config.set_floatx("float64")
     yield
     keras.config.set_floatx(previous)
+    # Keras keeps global state built under float64 (the global seed generator, name counters): cleared so that
+    # later tests build and seed their models as in a fresh process.
+    keras.backend.clear_session()
 
 
 # ---------------------------------------------------------------- independent reference
@@ -224,6 +227,7 @@ RULE_MODELS = {
 
 @pytest.mark.parametrize("norm_method", ["ghost", "explicit"])
 @pytest.mark.parametrize("name", sorted(RULE_MODELS))
+@pytest.mark.medium
 def test_rule_equals_per_example_gradients(name, norm_method, float64):
     keras.utils.set_random_seed(3)
     make, expected_rules = RULE_MODELS[name]
@@ -232,6 +236,7 @@ def test_rule_equals_per_example_gradients(name, norm_method, float64):
     _assert_matches_reference(model, norm_method)
 
 
+@pytest.mark.medium
 def test_bert_block_dp_step_trains_on_rules_without_fallback(caplog):
     keras.utils.set_random_seed(7)
     model = bert_block()
@@ -261,6 +266,7 @@ class _Scale(keras.layers.Layer):
         return inputs * self.scale
 
 
+@pytest.mark.medium
 def test_unruled_layer_uses_fallback_for_that_layer_only_and_warns_once(caplog, float64):
     keras.utils.set_random_seed(9)
     inputs = keras.Input((4, 5))
@@ -303,6 +309,7 @@ class _PositionEmbedding(keras.layers.Layer):
         return inputs + self.positions(keras.ops.arange(keras.ops.shape(inputs)[1]))
 
 
+@pytest.mark.medium
 def test_layer_called_outside_the_batch_uses_whole_model_gradients(float64):
     # T == B: the Embedding rule would take the T positions for B examples without an error.
     keras.utils.set_random_seed(10)

@@ -44,6 +44,7 @@ def test_codelab_on_synthetic_data_writes_plots_and_report(tmp_path):
     assert ledger["steps"] == 4 and ledger["noise_multiplier"] == 1.1 and ledger["l2_norm_clip"] == 1.0
 
 
+@pytest.mark.medium
 def test_codelab_without_cifar_asks_for_synthetic(tmp_path):
     run = subprocess.run([sys.executable, str(EXAMPLE), "--output-dir", str(tmp_path)], capture_output=True,
                          text=True, env={"KERAS_HOME": str(tmp_path / "empty"), "PATH": "/usr/bin:/bin"})

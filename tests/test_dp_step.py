@@ -80,6 +80,7 @@ def _applied_gradient(model, step, x, y, mask):
     (_mlp, _per_example_grads_mlp),
 ])
 @pytest.mark.parametrize("fast_clipping, jit", [(True, False), (True, True), (False, False)])
+@pytest.mark.medium
 def test_noiseless_step_is_mean_of_clipped_per_example_grads(make_model, reference,
                                                              fast_clipping, jit):
     keras.utils.set_random_seed(1)
@@ -122,6 +123,7 @@ def test_non_private_step_is_plain_mean_gradient():
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.medium
 def test_noise_std_matches_sigma_c_over_expected_batch_size():
     keras.utils.set_random_seed(3)
     d_in, b_exp, clip, sigma = 20, 8, 0.5, 2.0
@@ -234,6 +236,7 @@ MODELS = {
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.medium
 def test_layer_rules_match_vectorised_per_example_grads(name):
     keras.utils.set_random_seed(4)
     model = MODELS[name]()
@@ -255,6 +258,7 @@ def test_layer_rules_match_vectorised_per_example_grads(name):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=str(variant))
 
 
+@pytest.mark.medium
 def test_conv_per_example_kernels_in_cache_sized_chunks(monkeypatch):
     from privacy_audit.components.dp_trainer.clipping import conv2d
 
@@ -273,6 +277,7 @@ def test_conv_per_example_kernels_in_cache_sized_chunks(monkeypatch):
             np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.medium
 def test_xla_matches_eager_graph_for_conv_and_embedding():
     for name in ("conv_s2_same", "embedding", "layer_norm_rank3"):
         keras.utils.set_random_seed(5)
@@ -285,6 +290,7 @@ def test_xla_matches_eager_graph_for_conv_and_embedding():
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.medium
 def test_shared_layer_falls_back_to_whole_model_vectorised():
     keras.utils.set_random_seed(6)
     inputs = keras.Input((4,))
@@ -302,6 +308,7 @@ def test_shared_layer_falls_back_to_whole_model_vectorised():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.medium
 def test_adam_applies_the_private_gradient():
     keras.utils.set_random_seed(7)
     model = _mlp()
@@ -397,6 +404,7 @@ def _train(seed, sigma=1.0):
     return [np.array(v) for v in model.trainable_variables]
 
 
+@pytest.mark.medium
 def test_same_seed_gives_identical_weights():
     first, again, other = _train(seed=3), _train(seed=3), _train(seed=4)
     for a, b in zip(first, again):

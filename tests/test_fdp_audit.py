@@ -49,6 +49,7 @@ def test_fdp_bound_is_at_least_steinkes_on_the_same_guesses(m, r, v):
         assert fdp > 1.3 * steinke  # the tighter analysis the paper reports
 
 
+@pytest.mark.medium
 def test_fdp_bound_is_sound_for_a_gaussian_mechanism():
     # The paper's idealised setting: each canary's output is N(μ·included, 1), exactly μ-GDP per canary.
     # At 95% confidence the bound may exceed the true ε(δ) in at most ~5% of runs.

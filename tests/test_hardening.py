@@ -128,6 +128,7 @@ def test_pld_past_its_work_bound_falls_back_to_rdp_with_a_note(capsys, argv):
     assert got["epsilon"] == pytest.approx(acc.get_epsilon(1e-4), rel=1e-9)
 
 
+@pytest.mark.medium
 def test_pld_within_its_bound_equals_dp_accountings_pld_accountant():
     from dp_accounting import pld
 
@@ -138,6 +139,7 @@ def test_pld_within_its_bound_equals_dp_accountings_pld_accountant():
     assert accounting.pld_epsilon(runs, 1e-5) == pytest.approx(acc.get_epsilon(1e-5), rel=1e-6)
 
 
+@pytest.mark.medium
 def test_pld_work_rule_refuses_before_allocating():
     # A single step of σ = 1e-6 would be a grid of ~5e15 points (35 PiB): refused from its loss range alone.
     with pytest.raises(accounting.PLDTooLargeError, match="step grid"):
@@ -366,10 +368,11 @@ def test_single_class_labels_are_refused(tmp_path, capsys):
                        str(tmp_path / "out"))
     assert rc == 2 and "holds a single class ([4])" in err and "meaningless with one class" in err
     # The trainer refuses it too (TFRecord data is not read before the pipeline).
-    from privacy_audit.components.dp_trainer.trainer import DPTrainingConfig, train
+    from privacy_audit.components.common.recipe import TrainingRecipe
+    from privacy_audit.components.dp_trainer.trainer import train
 
     with pytest.raises(ValueError, match="single class"):
-        train(DPTrainingConfig(private=False, epochs=1, batch_size=2), np.zeros((8, 2)), np.full(8, 4),
+        train(TrainingRecipe(private=False, epochs=1, batch_size=2), np.zeros((8, 2)), np.full(8, 4),
               model_dir=str(tmp_path / "m"), run_dir=str(tmp_path / "r"))
     assert not (tmp_path / "m").exists()
 
@@ -387,6 +390,7 @@ def test_run_argument_errors_come_before_tensorflow_and_leave_no_directory(tmp_p
     assert not out.exists()
 
 
+@pytest.mark.medium
 def test_a_privacy_profile_obeys_the_pld_work_bound_too():
     # Many δ of one composition (the DP region of issue 12) through one bounded composition.
     ok_events = [accounting.dp_sgd_event(0.01, 2.0, 50)]

@@ -102,6 +102,7 @@ def test_fuzz_run_path_like_values(tmp_path, capsys, plan_only):
     assert _snapshot(tmp_path) == before
 
 
+@pytest.mark.medium
 def test_fuzz_epsilon_values(capsys):
     rng = random.Random(SEED + 2)
     for _ in range(40):

@@ -42,6 +42,7 @@ def _epsilon_cli(*args) -> dict:
     return json.loads(out.stdout)
 
 
+@pytest.mark.medium
 def test_fit_equals_dpstep_and_ledger_equals_cli():
     x, y = _data()
     private = pak.make_private(_mlp(), l2_norm_clip=1.0, noise_multiplier=1.1, delta=1e-3, seed=3)
@@ -69,6 +70,7 @@ def test_fit_equals_dpstep_and_ledger_equals_cli():
     assert len(history.history["loss"]) == 2 and "accuracy" in history.history
 
 
+@pytest.mark.medium
 def test_clipping_happens_inside_fit():
     """One example with a huge gradient moves the weights by at most C·lr/B beyond the others."""
     rng = np.random.default_rng(0)
@@ -101,6 +103,7 @@ def test_clipping_happens_inside_fit():
     assert np.linalg.norm(measured) == pytest.approx(clip * lr / n, rel=1e-3)  # the outlier saturates C
 
 
+@pytest.mark.medium
 def test_privacy_metrics_writes_results_and_model_saves(tmp_path):
     x, y = _data(n=96, seed=1)
     xm, ym, xn, yn = x[:64], y[:64], x[64:], y[64:]
@@ -134,6 +137,7 @@ def test_privacy_metrics_writes_results_and_model_saves(tmp_path):
     assert os.path.exists(tmp_path / "ckpt.keras")
 
 
+@pytest.mark.medium
 def test_target_epsilon_is_reached_at_planned_epochs():
     x, y = _data()
     model = pak.make_private(_mlp(), l2_norm_clip=1.0, target_epsilon=4.0, epochs=2, delta=1e-3, seed=0)
@@ -146,6 +150,7 @@ def test_target_epsilon_is_reached_at_planned_epochs():
         accounting.compute_epsilon(n_examples=64, batch_size=16, noise_multiplier=sigma, steps=8, delta=1e-3))
 
 
+@pytest.mark.medium
 def test_shuffled_batches_are_flagged_in_the_ledger():
     x, y = _data()
     model = pak.make_private(_mlp(), l2_norm_clip=1.0, noise_multiplier=1.0, delta=1e-3, seed=0)
@@ -221,6 +226,7 @@ def test_fit_refuses_batch_size_and_raw_arrays():
     assert model.optimizer.iterations.numpy() == 0  # nothing trained
 
 
+@pytest.mark.medium
 def test_fit_refuses_a_second_data_set_on_the_same_ledger():
     x, y = _data()
     model = _compile(pak.make_private(_mlp(), l2_norm_clip=1.0, noise_multiplier=1.0, delta=1e-3),

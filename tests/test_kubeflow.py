@@ -144,6 +144,7 @@ def _class_defined(class_path: str) -> bool:
     return any(isinstance(n, ast.ClassDef) and n.name == cls for n in tree.body)
 
 
+@pytest.mark.slow
 def test_compile_kfp_writes_pipeline_spec(compiled):
     from google.protobuf import json_format
     from kfp.pipeline_spec import pipeline_spec_pb2
@@ -219,8 +220,10 @@ def test_compile_kfp_writes_pipeline_spec(compiled):
     assert len(report_sources) == 3 * len(VARIANTS)
     # The DP variant is private at its ε; the baseline is not. On Kubeflow the report has no MLMD SQLite path.
     dp = tasks[TRAINER_DP]["inputs"]["parameters"]
-    assert _constant(dp["private"]) == 1 and _pipeline_parameter(dp["target_epsilon"]) == TARGET_EPSILON_DP
-    assert _constant(tasks[_task("DPTrainer", "non_private")]["inputs"]["parameters"]["private"]) == 0
+    assert json.loads(_constant(dp["recipe"]))["private"] is True
+    assert _pipeline_parameter(dp["target_epsilon"]) == TARGET_EPSILON_DP
+    assert json.loads(_constant(tasks[_task("DPTrainer", "non_private")]["inputs"]["parameters"]["recipe"]))[
+        "private"] is False
     assert "metadata_sqlite_path" not in tasks["PrivacyReportGenerator"]["inputs"].get("parameters", {})
     # The default data is the digits baked into the image, as the data_root parameter's default.
     gen = tasks["CsvExampleGen"]["inputs"]["parameters"]
@@ -229,6 +232,7 @@ def test_compile_kfp_writes_pipeline_spec(compiled):
         "/opt/privacy-audit/data/digits"
 
 
+@pytest.mark.slow
 def test_compiled_spec_carries_parameters_resources_and_caching(compiled):
     """The run-time parameters with today's values as defaults, the containers' resource requests (defaults plus
     the --resource flags, converted to the units of KFP's ResourceSpec by hand here) and per-task caching, read
@@ -433,6 +437,7 @@ def _custom_type_titles(spec) -> set:
     return {t for t in titles if not t.startswith("tfx.")}
 
 
+@pytest.mark.slow
 def test_custom_artifact_types_are_importable_in_the_image(compiled):
     """TFX's KubeflowV2 entry point rebuilds each input/output artifact by importing its schema title as a
     class path ("privacy_audit.PrivacyReport" → module privacy_audit, class PrivacyReport); so that module
@@ -524,6 +529,7 @@ def kfp_python(request):
     return str(py)
 
 
+@pytest.mark.slow
 def test_kfp_sdk_loads_compiled_package(kfp_python, compiled):
     path, spec = compiled
     proc = subprocess.run([kfp_python, str(ROOT / "deploy" / "submit.py"), "--dry-run", "--host", "http://unused",
@@ -564,6 +570,7 @@ def _submit(kfp_python, *args, env=None):
                           timeout=120, env=env)
 
 
+@pytest.mark.slow
 def test_submit_dry_run_prints_the_request_with_parameters(kfp_python, compiled):
     path, _ = compiled
     proc = _submit(kfp_python, "--dry-run", "--package", str(path), "--param", "max_auc=0.6", "--param", "epochs=3",
@@ -594,6 +601,7 @@ def test_submit_dry_run_prints_the_request_with_parameters(kfp_python, compiled)
     (["--schedule", "0 3 * * 1"], "KFP cron expressions have 6 fields"),
     (["--package", "no_such.yaml"], "no_such.yaml: no such file"),
 ])
+@pytest.mark.slow
 def test_submit_bad_input_is_one_line_error(kfp_python, compiled, args, message):
     path, _ = compiled
     proc = _submit(kfp_python, "--dry-run", "--package", str(path), *args)
@@ -697,6 +705,7 @@ def fake_kfp():
         server.server_close()
 
 
+@pytest.mark.slow
 def test_submit_runs_and_schedules_against_kfp_api(kfp_python, compiled, fake_kfp, tmp_path):
     path, _ = compiled
     host, state = fake_kfp
@@ -767,6 +776,11 @@ def _resolve_parameters(spec, task, run_params):
         else:
             values[key] = _constant(p)
     return values
+
+
+def tasks_dp_params(spec):
+    """The compiled parameters of the DP variant's trainer task."""
+    return spec["root"]["dag"]["tasks"][TRAINER_DP]["inputs"]["parameters"]
 
 
 def _executor_input(spec, task_name, inputs, outputs, output_file, overrides=None, run_params=None):
@@ -849,12 +863,13 @@ def _ledger_doc(variant):
             "sampling_probability": 64 / 900, "noise_multiplier": 1.3 if private else None,
             "l2_norm_clip": 1.0 if private else None, "delta": DP_DELTA if private else None, "accountant": "rdp",
             "events": [{"type": "poisson_sampled_gaussian", "sampling_probability": 64 / 900,
-                        "noise_multiplier": 1.3, "steps": 57}] if private else [],
+                        "noise_multiplier": 1.3, "steps": 60}] if private else [],
             "epochs": [{"epoch": e, "steps": 15 * e, "epsilon": (DP_EPSILON * e / 4) if private else None,
                         "train_loss": 1.0 / e, "train_accuracy": 0.8} for e in (1, 2, 3, 4)],
             "steps": 60, "epsilon": DP_EPSILON if private else None}
 
 
+@pytest.mark.slow
 def test_report_task_runs_through_kfp_entrypoint(compiled, tmp_path):
     _, spec = compiled
     store = tmp_path / "gcs"  # stands in for the pipeline root bucket
@@ -893,7 +908,8 @@ def test_report_task_runs_through_kfp_entrypoint(compiled, tmp_path):
     assert set(rows) == set(VARIANTS)
     assert rows["non_private"]["private"] is False and rows["non_private"]["epsilon"] is None
     assert rows[DP]["private"] is True
-    assert rows[DP]["epsilon"] == pytest.approx(DP_EPSILON) and rows[DP]["delta"] == DP_DELTA
+    # ε is derived from the ledger's events (not its written copy), here checked against dp-accounting's RDP.
+    assert rows[DP]["epsilon"] == pytest.approx(_rdp_epsilon(_ledger_doc(DP))) and rows[DP]["delta"] == DP_DELTA
     for v in VARIANTS:
         assert rows[v]["max_auc"] == pytest.approx(REPORT_AUC[(v, 4)])  # the final model's worst slice
         assert rows[v]["test_accuracy"] == pytest.approx(REPORT_ACC[v])
@@ -980,6 +996,7 @@ def _assert_gated_at(blessing, final_results, max_auc):
     assert blessing["blessed"] is (not over)
 
 
+@pytest.mark.slow
 def test_dp_trainer_then_evaluator_tasks_run_through_kfp_entrypoint(compiled, tmp_path):
     _, spec = compiled
     store = tmp_path / "gcs"
@@ -993,7 +1010,8 @@ def test_dp_trainer_then_evaluator_tasks_run_through_kfp_entrypoint(compiled, tm
         spec, TRAINER_DP,
         {"examples": (str(examples), EXAMPLES_METADATA)},
         {"model": str(model_uri), "model_run": str(run_uri)}, output_file,
-        overrides={"batch_size": 16, "checkpoint_every": 1}, run_params={"epochs": 1})
+        overrides={"recipe": json.dumps({**json.loads(_constant(tasks_dp_params(spec)["recipe"])), "batch_size": 16,
+                                         "checkpoint_every": 1}, sort_keys=True)}, run_params={"epochs": 1})
 
     out = _run_task(spec, TRAINER_DP, executor_input, cwd=tmp_path)
 

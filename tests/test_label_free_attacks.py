@@ -48,6 +48,7 @@ def test_attacks_that_need_labels_say_so():
         run_attacks(inputs, ["logistic_regression"], SlicingSpec(by_class=True))
 
 
+@pytest.mark.medium
 def test_cli_accepts_logits_without_labels(tmp_path):
     full, _ = _unlabelled()
     path = tmp_path / "outputs.npz"

@@ -192,6 +192,7 @@ def test_cli_registration_if_available(tmp_path, npz_path):
     assert R.read_results(str(out_path))["results"][0]["attack"] == "threshold"
 
 
+@pytest.mark.medium
 def test_benchmark_runs_small():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "mia_throughput.py"), "--n", "2000"],
                           cwd=ROOT, capture_output=True, text=True, check=True)

@@ -239,7 +239,7 @@ def test_cross_validation_scores_each_example_once_and_is_seeded():
     # Out-of-fold: an attacker that memorises (1-NN) cannot look perfect on its own training data.
     x = np.random.default_rng(0).normal(size=(400, 3))
     y = np.r_[np.ones(200), np.zeros(200)]
-    scores, params = A.cross_validated_scores(x, y, A._make_knn, [{"n_neighbors": 1}],
+    scores, params = A.cross_validated_scores(x, y, A.trained._make_knn, [{"n_neighbors": 1}],
                                               config=A.AttackConfig(), cap=10000, seed=0)
     assert not np.isnan(scores).any() and abs(roc_auc_score(y, scores) - 0.5) < 0.1
     assert params == {"n_neighbors": 1}
@@ -247,14 +247,15 @@ def test_cross_validation_scores_each_example_once_and_is_seeded():
 
 def test_balanced_training_and_cap():
     y = np.r_[np.ones(1000, int), np.zeros(100, int)]
-    idx = A._balanced_subsample(np.arange(1100), y, 150, np.random.default_rng(0))
+    idx = A.trained._balanced_subsample(np.arange(1100), y, 150, np.random.default_rng(0))
     assert (y[idx] == 1).sum() == (y[idx] == 0).sum() == 75
-    idx = A._balanced_subsample(np.arange(1100), y, 10000, np.random.default_rng(0))
+    idx = A.trained._balanced_subsample(np.arange(1100), y, 10000, np.random.default_rng(0))
     assert (y[idx] == 1).sum() == (y[idx] == 0).sum() == 100
 
 
 @pytest.mark.parametrize("name", ["logistic_regression", "mlp", "random_forest", "knn", "threshold",
                                   "threshold_entropy"])
+@pytest.mark.medium
 def test_every_attack_finds_a_strong_signal(name):
     lm, ym, ln, yn = synthetic(400, 400, gap=3.0, seed=5)
     out = api.run_attacks(inputs_from(lm, ym, ln, yn), [name], seed=0)
@@ -289,6 +290,7 @@ def test_logistic_regression_is_fast_on_200k_examples():
     assert elapsed < 8.0, elapsed  # typically ~0.3 s; generous for a shared machine
 
 
+@pytest.mark.medium
 def test_weighted_and_binary_inputs_run_end_to_end():
     rng = np.random.default_rng(7)
     n = 400

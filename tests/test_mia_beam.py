@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
-from privacy_audit.components.membership_inference import api, beam_pipeline as bp, combiners
+from privacy_audit.components.membership_inference import api, beam as bp, combiners
 from privacy_audit.components.membership_inference import attacks as attacks_mod
 from privacy_audit.components.membership_inference import metrics
 from privacy_audit.components.membership_inference.data import AttackInputs, InputValidationError
@@ -97,6 +97,7 @@ def long_parquet(tmp_path_factory):
 # Beam path == in-memory path
 # ---------------------------------------------------------------------------------------------------------
 
+@pytest.mark.medium
 def test_direct_runner_multiprocessing_matches_in_memory(long_parquet, tmp_path):
     out = str(tmp_path / "results.json")
     got = bp.audit_saved_outputs(long_parquet["path"], out, ATTACKS, SPEC, seed=5, min_slice_size=20,
@@ -119,6 +120,7 @@ def test_direct_runner_multiprocessing_matches_in_memory(long_parquet, tmp_path)
     assert {"score_threshold", "score_threshold_entropy", "loss", "region", "correct"} <= set(table.column_names)
 
 
+@pytest.mark.medium
 def test_npz_input_matches_in_memory(tmp_path):
     arrays = _outputs(seed=1, n_m=300, n_n=250, c=3)
     path = str(tmp_path / "outputs.npz")
@@ -130,6 +132,7 @@ def test_npz_input_matches_in_memory(tmp_path):
     _assert_same(ref, got)
 
 
+@pytest.mark.medium
 def test_trained_attack_on_a_sample_equals_in_memory_attack_on_the_same_sample(long_parquet, tmp_path):
     k = 150
     got = bp.audit_saved_outputs(long_parquet["path"], str(tmp_path / "r.json"), ["logistic_regression"],
@@ -170,6 +173,7 @@ def dask_cluster():
     cluster.close()
 
 
+@pytest.mark.medium
 def test_dask_runner_on_local_cluster_matches_in_memory(long_parquet, dask_cluster, tmp_path):
     args = ["--runner=DaskRunner", f"--dask_client_address={dask_cluster.scheduler_address}"]
     got = bp.audit_saved_outputs(long_parquet["path"], str(tmp_path / "r.json"), ATTACKS, SPEC, seed=5,
@@ -259,6 +263,7 @@ def test_priority_sample_is_seeded_mergeable_and_reproducible_in_memory():
 # Bad inputs
 # ---------------------------------------------------------------------------------------------------------
 
+@pytest.mark.medium
 def test_nonfinite_logits_are_counted(tmp_path):
     arrays = _outputs(seed=3, n_m=200, n_n=150)
     path = str(tmp_path / "bad.parquet")
@@ -272,6 +277,7 @@ def test_nonfinite_logits_are_counted(tmp_path):
     assert not os.path.exists(tmp_path / "r.json")
 
 
+@pytest.mark.medium
 def test_empty_split_is_an_error(tmp_path):
     arrays = _outputs(seed=4, n_m=100, n_n=1)
     arrays = {**arrays, "logits_test": arrays["logits_test"][:0], "labels_test": arrays["labels_test"][:0],
@@ -351,6 +357,7 @@ def _padded_logits(model, x, rows=256):
     return np.concatenate([np.asarray(model.predict_on_batch(xp[i:i + rows]))
                            for i in range(0, len(xp), rows)])[:len(x)]
 
+@pytest.mark.medium
 def test_examples_and_keras_model_match_in_memory(examples_and_model, tmp_path):
     import keras
 
@@ -389,6 +396,7 @@ def test_examples_empty_split_is_an_error(examples_and_model, tmp_path):
                       nonmembers="empty")
 
 
+@pytest.mark.medium
 def test_examples_path_on_dask_runner_matches_direct_runner(examples_and_model, dask_cluster, tmp_path):
     """The model path is runner-agnostic too: on the Dask runner (file-reader batching, models cached per
     worker process) the results, trained attacks included, equal the multi-processing DirectRunner's."""

@@ -123,6 +123,7 @@ def _output_dir(root, component_id, output):
     return d
 
 
+@pytest.mark.slow
 def test_results_per_checkpoint_with_ledger_epsilon(pipeline_run):
     from privacy_audit.components.membership_inference.results import read_results
 
@@ -158,6 +159,7 @@ def test_results_per_checkpoint_with_ledger_epsilon(pipeline_run):
     assert np.allclose(-table.column("loss").to_numpy(), table.column("score_threshold").to_numpy())
 
 
+@pytest.mark.slow
 def test_blessing_without_gate_is_blessed(pipeline_run):
     uri = _output_dir(pipeline_run["root"], "Evaluator", "blessing")
     with open(os.path.join(uri, "blessing.json")) as f:
@@ -168,6 +170,7 @@ def test_blessing_without_gate_is_blessed(pipeline_run):
     assert props[uri]["blessed"].int_value == 1
 
 
+@pytest.mark.slow
 def test_gate_below_measured_auc_is_not_blessed_and_names_slices(pipeline_run):
     from privacy_audit.components.membership_inference.results import read_results
 

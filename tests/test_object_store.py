@@ -66,6 +66,7 @@ def test_pipeline_with_bucket_pipeline_root_writes_report_summary_and_results_th
     assert not any(Path(n).name.startswith(".") and ".tmp-" in n for n in names)  # no temporary file left
 
 
+@pytest.mark.slow
 def test_unreachable_bucket_is_named_before_any_training(emulator, tmp_path):
     t0 = time.time()
     proc = _run(emulator, ["--output-dir", "gs://no-such-bucket/audit", "--epochs", "2", "--reference-models", "0",

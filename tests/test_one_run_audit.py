@@ -68,6 +68,7 @@ def test_pure_dp_bound_is_the_binomial_quantile(r, v):
     assert stats.binom.sf(v - 1, r, 1 / (1 + math.exp(-got))) == pytest.approx(beta, rel=1e-5)
 
 
+@pytest.mark.medium
 def test_bound_properties():
     m = 1000
     # Guessing at chance level proves nothing.
@@ -114,6 +115,7 @@ def test_audit_from_scores_counts_guesses():
     assert audit.epsilon_lower_bound == ora.epsilon_lower_bound(10, 5, 3, 0.0, 0.95)
 
 
+@pytest.mark.medium
 def test_audit_from_scores_search_is_bonferroni_corrected():
     rng = np.random.default_rng(0)
     m = 1000
@@ -138,6 +140,7 @@ def test_ties_are_not_broken_by_input_order():
     assert audit.epsilon_lower_bound < 0.5
 
 
+@pytest.mark.medium
 def test_canary_audit_plumbing_with_oracle_models():
     rng = np.random.default_rng(0)
     x_train, y_train = rng.normal(size=(50, 3)), rng.integers(0, 2, 50)
@@ -218,6 +221,7 @@ def _run(noise_multiplier, seed, claimed=None):
 
 
 @pytest.mark.parametrize("noise_multiplier,seed", [(1.0, 0), (1.0, 1), (0.5, 0), (0.5, 1)])
+@pytest.mark.medium
 def test_correct_dp_run_never_exceeds_the_accountants_epsilon(noise_multiplier, seed):
     result = _run(noise_multiplier, seed)
     assert math.isfinite(result.accountant_epsilon)
@@ -227,6 +231,7 @@ def test_correct_dp_run_never_exceeds_the_accountants_epsilon(noise_multiplier, 
         assert result.epsilon_lower_bound > 0  # the audit has power: little noise is visible
 
 
+@pytest.mark.medium
 def test_broken_dp_run_is_caught():
     # No noise at all, while claiming the ε that σ = 1 would give for the same steps.
     result = _run(0.0, 0, claimed=1.0)

@@ -14,6 +14,8 @@ import pytest
 
 from privacy_audit.components.common.examples import write_digits_csv
 
+pytestmark = pytest.mark.slow
+
 CANARIES = 200
 SIGMA_OK, SIGMA_BROKEN = 8.0, 8.5
 RECIPE = dict(private=True, epochs=30, batch_size=64, learning_rate=5e-3, l2_norm_clip=1.0, checkpoint_every=0,

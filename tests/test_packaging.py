@@ -42,6 +42,7 @@ def test_no_top_level_components_or_pipelines(tmp_path, name):
     assert run.returncode != 0 and "ModuleNotFoundError" in run.stderr
 
 
+@pytest.mark.medium
 def test_core_imports_no_tfx(tmp_path):
     code = ("import sys\n"
             + "".join(f"import {m}\n" for m in CORE_MODULES)

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from privacy_audit.components.membership_inference import reference_models as rm
-from privacy_audit.components.membership_inference import strong_attacks as sa
+from privacy_audit.components import reference_models as rm
+from privacy_audit.components.membership_inference import attacks as sa
 
 
 def _synthetic(tmp_path, n_m=300, n_n=400, k=6, c=5, seed=0):
@@ -100,9 +100,9 @@ def test_attack_cli_reference_errors(tmp_path, capsys):
 def test_attack_names_agree_between_the_registry_and_the_reference_library():
     from privacy_audit.components.membership_inference import attacks
 
-    assert set(attacks.reference_attack_names(list(attacks.ATTACKS))) == set(rm.REFERENCE_ATTACKS)
+    assert set(attacks.reference_attack_names(list(attacks.ATTACKS))) == set(sa.REFERENCE_ATTACKS)
     with pytest.raises(ValueError, match="not run by the Beam path"):
-        from privacy_audit.components.membership_inference.beam_pipeline import AuditSettings
+        from privacy_audit.components.membership_inference.settings import AuditSettings
 
         AuditSettings(attacks=("threshold", "lira"))
 
@@ -118,15 +118,16 @@ def test_pipeline_adds_reference_trainers_and_audit_canaries(tmp_path):
         refs = ids[f"ReferenceModelTrainer.{v}"]
         trainer = ids[f"DPTrainer.{v}"]
         assert refs.exec_properties["k"] == 4
-        for key in ("epochs", "batch_size", "learning_rate", "optimizer", "private", "hparams", "builtin_model"):
+        # The target's recipe (epochs, batch size, learning rate, optimizer, privacy, hparams, model, seed) as it is.
+        assert refs.exec_properties["recipe"] == trainer.exec_properties["recipe"]
+        for key in ("epochs", "target_epsilon", "label_key", "feature_keys", "module_file_sha256"):
             assert refs.exec_properties[key] == trainer.exec_properties[key], key
-        assert refs.exec_properties["target_seed"] == trainer.exec_properties["seed"]
         evaluator = ids[f"MembershipInferenceEvaluator.{v}"]
         assert json.loads(evaluator.exec_properties["attacks"]) == [
             "threshold", "logistic_regression", "lira", "lira_offline", "rmia"]
         assert "reference_models" in evaluator.inputs
-        private = bool(trainer.exec_properties["private"])
-        assert trainer.exec_properties.get("audit_canaries") == (100 if private else None)
+        recipe = json.loads(trainer.exec_properties["recipe"])
+        assert recipe["audit_canaries"] == (100 if recipe["private"] else 0)
     off = create_pipeline(pipeline_root=str(tmp_path / "root"), label_key="label", data_root=str(tmp_path))
     assert not [c for c in off.components if c.id.startswith("ReferenceModelTrainer")]
 

@@ -2,7 +2,7 @@
 DPTrainer (non-private, few epochs) → ReferenceModelTrainer (K = 4) → MembershipInferenceEvaluator with
 lira / lira_offline / rmia / rmia_offline beside the threshold attack. The results' reference-attack
 entries are checked against an independent recomputation from the saved signal matrix
-(strong_attacks + scikit-learn), and a second run reuses the references through TFX's cache."""
+(attacks.reference + scikit-learn), and a second run reuses the references through TFX's cache."""
 
 import glob
 import hashlib
@@ -83,8 +83,9 @@ def _population(examples_uri):
     return out
 
 
+@pytest.mark.slow
 def test_reference_artifact_records_the_design_per_example_id(run):
-    from privacy_audit.components.membership_inference import reference_models as rm
+    from privacy_audit.components import reference_models as rm
 
     refs = run["refs"]
     assert refs.custom_properties["k"].int_value == K
@@ -127,10 +128,11 @@ def _target_logits(model_uri, x):
                            for i in range(0, len(xp), 256)])[:len(x)]
 
 
+@pytest.mark.slow
 def test_reference_attack_entries_equal_an_independent_recomputation(run):
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    from privacy_audit.components.membership_inference import strong_attacks as sa
+    from privacy_audit.components.membership_inference import attacks as sa
     from privacy_audit.components.membership_inference.results import read_results
 
     with open(os.path.join(run["results"], "index.json")) as f:
@@ -183,6 +185,7 @@ def test_reference_attack_entries_equal_an_independent_recomputation(run):
     np.testing.assert_allclose(table.column("score_lira").to_numpy(), scores["lira"], rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_second_run_reuses_the_references_from_the_cache(run):
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 

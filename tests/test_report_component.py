@@ -121,6 +121,7 @@ def test_pipeline_compiles_for_kubeflow(tmp_path):
     assert set(inputs) == {"attack_results", "attack_results_1", "ledgers", "ledgers_1", "blessings", "blessings_1"}
 
 
+@pytest.mark.slow
 def test_pipeline_writes_report_with_fixture_values_and_trend(tmp_path):
     dirs = _write_fixture_artifacts(tmp_path / "fixtures")
     LocalDagRunner().run(_pipeline(tmp_path, dirs))

@@ -39,6 +39,7 @@ def _write_inputs(tmp_path, docs=None, ledgers=None):
     return results, ledger_paths
 
 
+@pytest.mark.medium
 def test_report_files_and_summary_values(tmp_path):
     results, ledgers = _write_inputs(tmp_path)
     out = write_report(tmp_path / "out", results, ledgers, title="Audit", generated_at="2024-06-01T12:00:00+00:00")
@@ -75,6 +76,7 @@ def test_report_files_and_summary_values(tmp_path):
     assert "non_private: ε=∞ (non-private)" in text and "dp: ε=2.5, δ=1e-05" in text and "max AUC 0.650" in text
 
 
+@pytest.mark.medium
 def test_page_is_self_contained_and_complete(tmp_path):
     results, ledgers = _write_inputs(tmp_path)
     out = write_report(tmp_path / "out", results, ledgers)
@@ -90,6 +92,7 @@ def test_page_is_self_contained_and_complete(tmp_path):
     assert "∞ (non-private)" in page and "TPR @ 0.1% FPR" in page and "no gate" in page
 
 
+@pytest.mark.medium
 def test_blessings_and_gate_failures(tmp_path):
     results, ledgers = _write_inputs(tmp_path)
     failure = {"slice": {"feature": "class", "value": 1}, "attack": "threshold", "metric": "auc",
@@ -108,6 +111,7 @@ def test_blessings_and_gate_failures(tmp_path):
         write_report(tmp_path / "out2", results, ledgers, blessings=[{"blessed": True}])
 
 
+@pytest.mark.medium
 def test_data_values_are_escaped(tmp_path):
     evil_variant = "<script>alert(1)</script>"
     evil_feature = '<img src=x onerror="alert(2)">'
@@ -142,6 +146,7 @@ def test_bad_input_names_file_and_writes_nothing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.medium
 def test_failed_write_keeps_previous_report(tmp_path, monkeypatch):
     results, ledgers = _write_inputs(tmp_path)
     out_dir = tmp_path / "out"
@@ -168,6 +173,7 @@ def test_failed_write_keeps_previous_report(tmp_path, monkeypatch):
     assert after == before  # nothing replaced, no temporary file left behind
 
 
+@pytest.mark.medium
 def test_trend_plot_with_history_and_stale_png_removed(tmp_path):
     results, ledgers = _write_inputs(tmp_path)
     history = [{"run_id": "run-1", "date": "2024-05-01T00:00:00+00:00", "variant": "dp",
@@ -188,6 +194,7 @@ def test_trend_plot_with_history_and_stale_png_removed(tmp_path):
     assert not (tmp_path / "out" / "trend.png").exists()
 
 
+@pytest.mark.medium
 def test_variant_without_ledger_warns_and_uses_metadata(tmp_path):
     out = write_report(tmp_path / "out", make_results_docs(), make_ledger_docs(("non_private",)))
     rows = {r["name"]: r for r in out.summary["variants"]}
@@ -229,6 +236,7 @@ def chromium():
     return script
 
 
+@pytest.mark.medium
 def test_chromium_renders_script_names_as_text(tmp_path, chromium):
     payload = "<script>document.title='pwned'</script>"
     docs = make_results_docs(("dp",))
@@ -253,6 +261,7 @@ def test_chromium_renders_script_names_as_text(tmp_path, chromium):
     assert data[:4] == b"\x89PNG" and len(data) > 20_000
 
 
+@pytest.mark.medium
 def test_screenshot_script_demo(tmp_path, chromium):
     shot = tmp_path / "demo.png"
     assert chromium.main(["--demo", str(tmp_path / "demo"), "--output", str(shot), "--height", "1500"]) == 0

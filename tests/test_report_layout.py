@@ -70,6 +70,7 @@ def measure_tables(chromium, html_path: str, tmp_path, width: int = 1280) -> lis
     return json.loads(html.unescape(re.search(r'<pre id="layout">(.*?)</pre>', dom, re.S).group(1)))
 
 
+@pytest.mark.medium
 def test_per_slice_tables_fit_1280_px_and_banner_is_truthful(tmp_path, chromium):
     out = write_report(tmp_path / "out", _docs())
     page = pathlib.Path(out.html_path).read_text(encoding="utf-8")

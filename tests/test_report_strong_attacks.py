@@ -60,6 +60,7 @@ def test_roc_plot_draws_every_attack_of_the_entire_data_set():
 
 
 @pytest.mark.parametrize("n_nonmembers, shown", [(90, False), (12000, True)])
+@pytest.mark.medium
 def test_tpr_at_low_fpr_per_attack_and_0_01pct_only_when_resolvable(tmp_path, n_nonmembers, shown):
     out = write_report(tmp_path / "out", _docs_with_reference_attacks(n_nonmembers), _ledgers())
     rows = {r["name"]: r for r in out.summary["variants"]}
@@ -78,6 +79,7 @@ def test_tpr_at_low_fpr_per_attack_and_0_01pct_only_when_resolvable(tmp_path, n_
     assert ("0.0050" in page) is shown
 
 
+@pytest.mark.medium
 def test_summary_and_page_put_the_one_run_audit_beside_epsilon(tmp_path):
     out = write_report(tmp_path / "out", make_results_docs(), _ledgers())
     rows = {r["name"]: r for r in out.summary["variants"]}
@@ -96,6 +98,7 @@ def test_summary_and_page_put_the_one_run_audit_beside_epsilon(tmp_path):
     assert "<th class=num>One-run audit ε ≥</th>" not in pathlib.Path(plain.html_path).read_text(encoding="utf-8")
 
 
+@pytest.mark.medium
 def test_violated_audit_is_flagged_with_its_reason(tmp_path):
     broken = dict(AUDIT, epsilon_lower_bound=2.4, accountant_epsilon=1.2, violated=True,
                   message="the DP training is broken: the one-run audit proves ε >= 2.400")
@@ -118,6 +121,7 @@ def test_one_run_audit_reader_checks_fields(tmp_path):
     assert load.read_one_run_audit(write_json(tmp_path / "b.json", AUDIT))["epsilon_lower_bound"] == 0.41
 
 
+@pytest.mark.medium
 def test_auc_null_sd_matches_permutation_spread_and_reaches_the_page(tmp_path):
     """The no-leakage AUC band: the closed-form null sd of the Mann-Whitney AUC against the spread of
     sklearn's AUC over random member labels (continuous scores, no ties)."""
@@ -144,6 +148,7 @@ def test_auc_null_sd_matches_permutation_spread_and_reaches_the_page(tmp_path):
     assert "AUC without leakage" in page and f"{0.5 - 2 * sd:.3f}–{0.5 + 2 * sd:.3f}" in page
 
 
+@pytest.mark.medium
 def test_most_vulnerable_slice_carries_its_no_leakage_band(tmp_path):
     from privacy_audit.components.privacy_report.summary import auc_null_sd
 

@@ -56,6 +56,7 @@ def first_run(tmp_path_factory):
     return data, out, r, seconds
 
 
+@pytest.mark.slow
 def test_run_writes_report_and_summary_matching_the_ledgers(first_run):
     data, out, r, _ = first_run
     assert "Report:" in r.stdout and str(out / "report.html") in r.stdout
@@ -81,6 +82,7 @@ def test_run_writes_report_and_summary_matching_the_ledgers(first_run):
         assert isinstance(v["blessed"], bool)
 
 
+@pytest.mark.slow
 def test_rerun_uses_the_cache(first_run):
     data, out, _, first_seconds = first_run
     before = _executions(str(out / "metadata.sqlite"))
@@ -95,6 +97,7 @@ def test_rerun_uses_the_cache(first_run):
     assert seconds < first_seconds
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_without_redoing_finished_components(first_run):
     data, out, _, _ = first_run
     args = _small_args(data, out, "--seed", "7")
@@ -127,6 +130,7 @@ def test_interrupted_run_resumes_without_redoing_finished_components(first_run):
     assert "COMPLETE" in evaluator_states, by_type
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing_dir", "no_label_column", "bad_config_key", "output_is_file"])
 def test_bad_input_fails_clearly_and_keeps_earlier_outputs(first_run, tmp_path, case):
     data, out, _, _ = first_run

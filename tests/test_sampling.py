@@ -112,6 +112,7 @@ def _fit(padded, seed=0, noise=1.0, epochs=2):
     return result, seen, [np.array(v) for v in model.trainable_variables]
 
 
+@pytest.mark.medium
 def test_overflowing_batches_are_chunked_not_dropped():
     small, small_epochs, w_small = _fit(padded=8)    # every batch (~16) overflows 8
     large, large_epochs, w_large = _fit(padded=64)   # never overflows
@@ -130,6 +131,7 @@ def test_overflowing_batches_are_chunked_not_dropped():
         list(small_epochs[0].batch_sizes + small_epochs[1].batch_sizes)
 
 
+@pytest.mark.medium
 def test_step_counts_are_what_ran_including_empty_batches():
     keras.utils.set_random_seed(0)
     x = np.random.default_rng(0).standard_normal((50, 5)).astype(np.float32)

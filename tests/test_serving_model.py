@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from privacy_audit.components.membership_inference import beam_pipeline, executor, serving_model as sm
+from privacy_audit.components.membership_inference import beam as mi_beam, evaluation, gate, serving_model as sm
 from privacy_audit.components.membership_inference.slicing import SlicingSpec
 
 FEATURES = [f"x{i}" for i in range(6)]
@@ -79,17 +79,18 @@ def fixture(tmp_path_factory):
                                  model=model, probs_dir=probs_dir, logits_model=logits_model)
 
 
+@pytest.mark.slow
 def test_probabilities_signature_threshold_attack_matches_sklearn(fixture, tmp_path):
     from sklearn.metrics import roc_auc_score, roc_curve
 
     y = fixture.y
-    options = executor.resolve_serving(fixture.probs_dir, sm.ServingOptions(), fixture.members)
+    options = evaluation.resolve_serving(fixture.probs_dir, sm.ServingOptions(), fixture.members)
     assert options.outputs == "probabilities" and options.output_key == "probabilities"
-    models = [beam_pipeline.ModelToEvaluate("final", fixture.probs_dir, options)]
-    targets = {"final": beam_pipeline.OutputTarget(str(tmp_path / "final.json"), {"model_variant": "t"})}
-    settings = beam_pipeline.AuditSettings(attacks=("threshold",), slicing=SlicingSpec(feature_keys=("group",)),
+    models = [mi_beam.ModelToEvaluate("final", fixture.probs_dir, options)]
+    targets = {"final": mi_beam.OutputTarget(str(tmp_path / "final.json"), {"model_variant": "t"})}
+    settings = mi_beam.AuditSettings(attacks=("threshold",), slicing=SlicingSpec(feature_keys=("group",)),
                                            min_slice_size=5)
-    results = beam_pipeline.audit_examples(fixture.members, fixture.nonmembers, models, targets, label_key="label",
+    results = mi_beam.audit_examples(fixture.members, fixture.nonmembers, models, targets, label_key="label",
                                            input_features=[], settings=settings,
                                            staging_dir=str(tmp_path / "staging"),
                                            per_example_dir=str(tmp_path / "per_example"))["final"]
@@ -121,28 +122,33 @@ def test_probabilities_signature_threshold_attack_matches_sklearn(fixture, tmp_p
         assert by_group[g]["auc"] == pytest.approx(roc_auc_score(member[keep], score[keep]), abs=1e-9)
 
 
+@pytest.mark.slow
 def test_missing_signature_lists_the_signatures(fixture):
     with pytest.raises(ValueError, match=r"no signature 'predict'.*serving_default"):
         sm.ServingModel(fixture.probs_dir, sm.ServingOptions(signature_name="predict"))
 
 
+@pytest.mark.slow
 def test_output_key_not_among_outputs_lists_them(fixture):
     with pytest.raises(ValueError, match=r"output_key 'logits' is not an output.*probabilities"):
         sm.ServingModel(fixture.probs_dir, sm.ServingOptions(output_key="logits"))
 
 
+@pytest.mark.slow
 def test_outputs_not_batch_by_classes(fixture, tmp_path):
     path = _export(fixture.model, str(tmp_path / "flat"), outputs_fn=lambda y: {"score": tf.reduce_max(y, axis=1)})
     with pytest.raises(ValueError, match=r"\[batch, classes\]"):
         sm.ServingModel(path)
 
 
+@pytest.mark.slow
 def test_signature_not_over_serialized_examples_says_what_it_takes(fixture, tmp_path):
     path = _export(fixture.model, str(tmp_path / "dense"), signature_inputs="dense")
     with pytest.raises(ValueError, match=r"does not take serialized tf.Examples.*'x': 'float32\[None, 6\]'"):
         sm.ServingModel(path)
 
 
+@pytest.mark.slow
 def test_declared_probabilities_that_do_not_sum_to_one(fixture, tmp_path):
     path = _export(fixture.logits_model, str(tmp_path / "logits"), outputs_fn=lambda z: {"logits": z * 3.0 + 1.0})
     model = sm.ServingModel(path, sm.ServingOptions(outputs="probabilities"))
@@ -152,6 +158,7 @@ def test_declared_probabilities_that_do_not_sum_to_one(fixture, tmp_path):
     assert auto.resolve(fixture.records[:64]).outputs == "logits"
 
 
+@pytest.mark.slow
 def test_several_outputs_need_output_key(fixture, tmp_path):
     path = _export(fixture.model, str(tmp_path / "two"), outputs_fn=lambda y: {"a": y, "b": y * 1.0})
     with pytest.raises(ValueError, match=r"several outputs.*set output_key"):
@@ -159,6 +166,7 @@ def test_several_outputs_need_output_key(fixture, tmp_path):
     assert sm.ServingModel(path, sm.ServingOptions(output_key="b")).output_key == "b"
 
 
+@pytest.mark.slow
 def test_label_key_absent_is_named(fixture):
     with pytest.raises(ValueError, match=r"label key 'target' is not a feature"):
         sm.example_columns(fixture.records[:3], "target")
@@ -166,26 +174,27 @@ def test_label_key_absent_is_named(fixture):
 
 def test_model_artifact_without_either_layout(tmp_path):
     with pytest.raises(ValueError, match=r"neither keras/model.keras .* nor Format-Serving/saved_model.pb"):
-        executor.model_format(str(tmp_path))
+        evaluation.model_format(str(tmp_path))
 
 
 def test_baseline_blessing_of_another_model_is_refused():
-    executor.check_baseline_model({"current_model": "/p/Trainer/model/7", "current_model_id": 7}, "/p/Trainer/model/7", 7)
+    gate.check_baseline_model({"current_model": "/p/Trainer/model/7", "current_model_id": 7}, "/p/Trainer/model/7", 7)
     with pytest.raises(ValueError, match=r"blesses model id 3 .* not the audited model id 7"):
-        executor.check_baseline_model({"current_model": "/p/Trainer/model/3", "current_model_id": 3, "uri": "b"},
+        gate.check_baseline_model({"current_model": "/p/Trainer/model/3", "current_model_id": 3, "uri": "b"},
                                       "/p/Trainer/model/7", 7)
 
 
 def test_baseline_blessing_is_anded_in():
     privacy_ok = {"blessed": True, "reasons": [], "failures": []}
-    assert executor.and_baseline(privacy_ok, {"blessed": True, "uri": "b"})["blessed"] is True
-    failed = executor.and_baseline(privacy_ok, {"blessed": False, "uri": "b"})
+    assert gate.and_baseline(privacy_ok, {"blessed": True, "uri": "b"})["blessed"] is True
+    failed = gate.and_baseline(privacy_ok, {"blessed": False, "uri": "b"})
     assert failed["blessed"] is False and failed["privacy_blessed"] is True and "NOT_BLESSED" in failed["reasons"][0]
-    assert executor.and_baseline(privacy_ok, {"blessed": None, "uri": "b"})["blessed"] is False
+    assert gate.and_baseline(privacy_ok, {"blessed": None, "uri": "b"})["blessed"] is False
     privacy_failed = {"blessed": False, "reasons": ["auc"], "failures": [{}]}
-    assert executor.and_baseline(privacy_failed, {"blessed": True, "uri": "b"})["blessed"] is False
+    assert gate.and_baseline(privacy_failed, {"blessed": True, "uri": "b"})["blessed"] is False
 
 
+@pytest.mark.slow
 def test_audit_checkpoints_layout_is_read_by_the_evaluator(fixture, tmp_path):
     """AuditCheckpoints in a run_fn: SavedModel checkpoints with the serving signature, indexed, then listed by
     the evaluator beside Format-Serving/ and evaluated through the same signature."""
@@ -215,9 +224,9 @@ def test_audit_checkpoints_layout_is_read_by_the_evaluator(fixture, tmp_path):
     index = json.loads((model_dir / "checkpoints" / "index.json").read_text())
     assert [c["epoch"] for c in index["checkpoints"]] == [2, 3]  # every 2 epochs, and the last one
     assert all(c["format"] == "saved_model" for c in index["checkpoints"])
-    assert executor.model_format(str(model_dir)) == "serving"
+    assert evaluation.model_format(str(model_dir)) == "serving"
     options = sm.ServingOptions(outputs="probabilities")
-    evaluated = executor.models_to_evaluate(str(model_dir), "v", {}, None, None, options)
+    evaluated = evaluation.models_to_evaluate(str(model_dir), "v", {}, None, None, options)
     assert [(md["epoch"], md["is_final"]) for _, md in evaluated] == [(2, False), (3, False), (3, True)]
     assert all(m.serving == options for m, _ in evaluated)
     scores = sm.load_serving_model(evaluated[0][0].path, options)(fixture.records[:4])

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from privacy_audit.components.membership_inference import reference_models as rm
-from privacy_audit.components.membership_inference import strong_attacks as sa
+from privacy_audit.components import reference_models as rm
+from privacy_audit.components.membership_inference import attacks as sa
 from privacy_audit.components.membership_inference.metrics import attack_metrics
 
 
@@ -291,6 +291,7 @@ def _tiny_model():
     return keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
 
 
+@pytest.mark.medium
 def test_train_reference_models_shapes_cache_and_results(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     m = 90
@@ -307,7 +308,7 @@ def test_train_reference_models_shapes_cache_and_results(tmp_path, monkeypatch):
 
     def no_training(*_args, **_kw):
         raise AssertionError("the cached matrix should have been reused")
-    monkeypatch.setattr(rm, "_worker_train", no_training)
+    monkeypatch.setattr(rm.training, "_worker_train", no_training)
     again, mask2 = rm.train_reference_models(_tiny_model, x, y, **kwargs)
     np.testing.assert_array_equal(again["logits"], signals["logits"])
     with pytest.raises(AssertionError, match="reused"):  # another recipe: the cache is not used
@@ -315,7 +316,7 @@ def test_train_reference_models_shapes_cache_and_results(tmp_path, monkeypatch):
     monkeypatch.undo()
 
     # One model of the design on its own (for fan-out over a distributed runner) gives the same row.
-    recipe = rm.TrainingRecipe(epochs=2, batch_size=16, learning_rate=0.05)
+    recipe = rm.TrainingRecipe(epochs=2, batch_size=16, learning_rate=0.05, private=False)
     np.testing.assert_array_equal(rm.train_reference_model(1, _tiny_model, x, y, recipe, k=2, seed=3),
                                   signals["logits"][1])
     # Worker processes give the same matrix (up to float summation order with fewer threads). On the Python
@@ -339,7 +340,7 @@ def test_train_reference_models_shapes_cache_and_results(tmp_path, monkeypatch):
 
     member = rng.random(m) < 0.5
     target = signals["logits"][0] + rng.normal(size=(m, 3)).astype(np.float32)
-    entries = rm.reference_attack_results(target, y, member, dp_signals["logits"], dp_mask,
+    entries = sa.reference_attack_results(target, y, member, dp_signals["logits"], dp_mask,
                                           attack_options={"lira": {"online": False}}, by_class=True,
                                           min_slice_size=5)
     names = {(e["attack"], e["slice"]["feature"]) for e in entries}

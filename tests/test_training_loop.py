@@ -25,6 +25,7 @@ def _mlp():
                              keras.layers.Dense(10)])
 
 
+@pytest.mark.medium
 def test_dp_training_learns_and_reports_each_epoch(digits, capsys):
     x, y = digits
     keras.utils.set_random_seed(0)
@@ -74,6 +75,7 @@ def test_non_private_baseline_uses_same_loop(digits):
     assert result.history[-1].train_accuracy > 0.85
 
 
+@pytest.mark.medium
 def test_cnn_with_layer_norm_and_embedding_models_train():
     rng = np.random.default_rng(0)
     keras.utils.set_random_seed(0)
@@ -98,6 +100,7 @@ def test_cnn_with_layer_norm_and_embedding_models_train():
     assert result.steps == 4
 
 
+@pytest.mark.medium
 def test_multi_input_functional_model():
     rng = np.random.default_rng(1)
     a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
@@ -123,6 +126,7 @@ class SubclassedMLP(keras.Model):
         return self.out(self.hidden(inputs))
 
 
+@pytest.mark.medium
 def test_unbuilt_subclassed_model_uses_layer_rules():
     from privacy_audit.components.dp_trainer.dp_step import DPStep
 

@@ -31,8 +31,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 import keras
 import tensorflow as tf
 
-CHECKPOINT_DIR = "checkpoints"
-INDEX_FILE = "index.json"
+from privacy_audit.components.common.layout import CHECKPOINT_DIR, CHECKPOINT_INDEX as INDEX_FILE  # noqa: E402
 #: Set by the ReferenceModelTrainer while it calls the user's run_fn: reference models are only read at their
 #: end, so their checkpoints would cost saves for nothing.
 DISABLE_ENV = "PRIVACY_AUDIT_NO_CHECKPOINTS"

@@ -15,7 +15,7 @@ import json
 import math
 import numbers
 import warnings
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import dp_accounting
 from dp_accounting import pld, rdp
@@ -465,14 +465,9 @@ class PrivacyLedger:
         return [dp_sgd_event(e["sampling_probability"], e["noise_multiplier"], e["steps"]) for e in self.events]
 
     def epsilon(self) -> Optional[float]:
-        """ε at the ledger's δ of all recorded steps (None for a non-private run: ε is infinite)."""
-        if not self.private:
-            return None
-        if self.noise_multiplier == 0:
-            return math.inf
-        if not self.events:
-            return 0.0
-        eps, used, note = epsilon_and_accountant(self.dp_events(), self.delta, self.accountant)
+        """ε at the ledger's δ of all recorded steps (None for a non-private run: ε is infinite); by
+        :func:`ledger_epsilon_and_note`, as every reader of a written ledger derives it."""
+        eps, note = ledger_epsilon_and_note(self.to_json(with_epsilon=False))
         if note and note != self.accountant_note:
             warnings.warn(f"[{self.model_variant}] {note}", AccountantFallbackWarning, stacklevel=2)
         self.accountant_note = note
@@ -484,8 +479,11 @@ class PrivacyLedger:
         self.epochs.append(rec)
         return rec
 
-    def to_json(self) -> Dict:
-        eps = self.epochs[-1].epsilon if self.epochs else self.epsilon()
+    def to_json(self, with_epsilon: bool = True) -> Dict:
+        """The ledger JSON. Its ``epsilon`` (final) and per-epoch ``epsilon`` are written for readers that only
+        display them; they are :func:`epsilon_of_ledger` of the events, which is where every reader of ours
+        takes ε from (``with_epsilon=False``: the events and settings alone)."""
+        eps = (self.epochs[-1].epsilon if self.epochs else self.epsilon()) if with_epsilon else None
         return {
             "schema_version": LEDGER_SCHEMA_VERSION,
             "model_variant": self.model_variant,
@@ -514,6 +512,63 @@ class PrivacyLedger:
 
     def write(self, path: str) -> None:
         write_json_atomic(path, self.to_json())
+
+
+def _ledger_events(ledger: Mapping[str, Any], upto_epoch: Optional[int]) -> List[Dict]:
+    """The ledger's events, cut at the step count closing epoch ``upto_epoch`` (None: every event)."""
+    events = [dict(e) for e in ledger.get("events") or []]
+    if upto_epoch is None:
+        return events
+    recs = [r for r in ledger.get("epochs") or [] if int(r["epoch"]) == int(upto_epoch)]
+    if not recs:
+        raise ValueError(f"the ledger of {ledger.get('model_variant')!r} has no epoch {upto_epoch}")
+    left = int(recs[0]["steps"])
+    out = []
+    for e in events:
+        if left <= 0:
+            break
+        take = min(int(e["steps"]), left)
+        out.append({**e, "steps": take})
+        left -= take
+    return out
+
+
+def ledger_epsilon_and_note(ledger: Mapping[str, Any], upto_epoch: Optional[int] = None) -> tuple:
+    """(ε, note) of a ledger JSON (:meth:`PrivacyLedger.to_json`): see :func:`epsilon_of_ledger`; ``note`` says
+    when PLD was past its work bound and ε comes from RDP (None otherwise)."""
+    if not ledger.get("private"):
+        return None, None
+    if ledger.get("noise_multiplier") == 0:
+        return math.inf, None
+    if "events" not in ledger or (not ledger["events"] and ledger.get("epsilon") is not None):
+        # A ledger that records no DP events (written by hand, or by a tool without the events format): its
+        # written ε is all there is; the DPTrainer's ledgers always record their events.
+        written = ledger.get("epsilon") if upto_epoch is None else next(
+            (r.get("epsilon") for r in ledger.get("epochs") or [] if int(r["epoch"]) == int(upto_epoch)), None)
+        return (None if written is None else float(written)), "no DP events in the ledger: its written ε"
+    events = _ledger_events(ledger, upto_epoch)
+    if not any(int(e["steps"]) for e in events):
+        return 0.0, None
+    dp_events = [dp_sgd_event(float(e["sampling_probability"]), float(e["noise_multiplier"]), int(e["steps"]))
+                 for e in events if int(e["steps"])]
+    eps, _, note = epsilon_and_accountant(dp_events, float(ledger["delta"]), ledger.get("accountant") or "rdp")
+    return eps, note
+
+
+def epsilon_of_ledger(ledger: Mapping[str, Any], upto_epoch: Optional[int] = None) -> Optional[float]:
+    """ε of a training run, derived from its privacy ledger: the composition of the ledger's DP events
+    (Poisson-sampled Gaussian steps that really ran) by the ledger's accountant at the ledger's δ.
+
+    The one place ε is computed from a ledger: the trainer's per-epoch ε, checkpoints/index.json, ML Metadata,
+    the evaluator's results metadata and the report all take it from here.
+
+    Args:
+      ledger: the ledger JSON (a dict as :meth:`PrivacyLedger.to_json` writes it, or read from ledger.json).
+      upto_epoch: ε after that epoch (the events cut at its step count); None: after every recorded step.
+    Returns:
+      ε (a float; ``math.inf`` for noise multiplier 0), or None for a non-private run (ε unbounded).
+    """
+    return ledger_epsilon_and_note(ledger, upto_epoch)[0]
 
 
 def _json_eps(eps: Optional[float]):

@@ -5,44 +5,51 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from tfx import types
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from privacy_audit.components.common.runtime_values import as_property, compile_time_value
+from privacy_audit.components.common.recipe import RUNTIME_OVERRIDES, TrainingRecipe, as_recipe
+from privacy_audit.components.common.runtime_values import compile_time_value, is_runtime_parameter
 from privacy_audit.components.dp_trainer import executor
+
+
+def recipe_and_overrides(recipe: Any, recipe_fields: Dict[str, Any]) -> Tuple[TrainingRecipe, Dict[str, Any]]:
+    """(recipe, run-time overrides) of a trainer component's arguments: ``recipe`` (a TrainingRecipe, its JSON or
+    None for the defaults) with ``recipe_fields`` on top. ``epochs`` / ``target_epsilon`` given as Kubeflow
+    RuntimeParameters go to the overrides, their defaults into the recipe. A non-private recipe carries no σ
+    or ε (nor their cache key). Validated here, so that a pipeline with bad settings fails when it is built,
+    not hours later (run-time parameters: their defaults are checked)."""
+    fields = dict(recipe_fields)
+    overrides = {k: fields[k] for k in RUNTIME_OVERRIDES if is_runtime_parameter(fields.get(k))}
+    fields.update({k: compile_time_value(v) for k, v in overrides.items()})
+    if fields.get("module_file"):
+        fields["module_file"] = os.path.abspath(fields["module_file"])
+    recipe = (TrainingRecipe() if recipe is None else as_recipe(recipe)).replace(**fields)
+    if recipe.private is False and (recipe.noise_multiplier is not None or recipe.target_epsilon is not None):
+        recipe = recipe.replace(noise_multiplier=None, target_epsilon=None)
+        overrides.pop("target_epsilon", None)
+    return recipe.validate(), overrides
 
 
 class DPTrainerSpec(types.ComponentSpec):
     PARAMETERS = {
+        # The training recipe: TrainingRecipe.to_json() (components/common/recipe.py), one JSON object.
+        "recipe": ExecutionParameter(type=str),
+        # Run-time overrides of the recipe (Kubeflow RuntimeParameters; None: the recipe's own value), applied
+        # by TrainingRecipe.with_overrides. A RuntimeParameter cannot sit inside the recipe's JSON string.
+        "epochs": ExecutionParameter(type=int, optional=True),
+        "target_epsilon": ExecutionParameter(type=float, optional=True),
+        # Not recipe: the variant's name, the data it reads.
+        "model_variant": ExecutionParameter(type=str),
         "label_key": ExecutionParameter(type=str),
         "feature_keys": ExecutionParameter(type=str, optional=True),  # JSON list
-        "model_variant": ExecutionParameter(type=str),
         "train_split": ExecutionParameter(type=str),
-        "epochs": ExecutionParameter(type=int),
-        "batch_size": ExecutionParameter(type=int),
-        "learning_rate": ExecutionParameter(type=float),
-        "optimizer": ExecutionParameter(type=str),
-        "private": ExecutionParameter(type=int),
-        "l2_norm_clip": ExecutionParameter(type=float),
-        "noise_multiplier": ExecutionParameter(type=float, optional=True),
-        "target_epsilon": ExecutionParameter(type=float, optional=True),
-        "delta": ExecutionParameter(type=float, optional=True),
-        "sampling": ExecutionParameter(type=str),
-        "accountant": ExecutionParameter(type=str),
-        "checkpoint_every": ExecutionParameter(type=int),
-        "seed": ExecutionParameter(type=int),
-        "module_file": ExecutionParameter(type=str, optional=True),
         # The module's content hash, so that TFX's cache notices an edited module file.
         "module_file_sha256": ExecutionParameter(type=str, optional=True),
-        "model_fn": ExecutionParameter(type=str),
-        "builtin_model": ExecutionParameter(type=str),
-        "hparams": ExecutionParameter(type=str),  # JSON object
-        # One-run privacy audit: number of canaries (absent = no audit). Private variants only.
-        "audit_canaries": ExecutionParameter(type=int, optional=True),
     }
     INPUTS = {"examples": ChannelParameter(type=standard_artifacts.Examples)}
     OUTPUTS = {
@@ -69,43 +76,35 @@ class DPTrainer(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
 
     def __init__(self, examples: types.BaseChannel, *, label_key: str, model_variant: str = "model",
-                 private: bool = True, epochs: int = 20, batch_size: int = 64, learning_rate: float = 1e-3,
-                 optimizer: str = "adam", l2_norm_clip: float = 1.0, noise_multiplier: Optional[float] = None,
-                 target_epsilon: Optional[float] = None, delta: Optional[float] = None,
-                 sampling: str = "poisson", accountant: str = "rdp", checkpoint_every: int = 2, seed: int = 0,
-                 train_split: str = "train", feature_keys: Optional[List[str]] = None,
-                 module_file: Optional[str] = None, model_fn: str = "build_keras_model",
-                 builtin_model: str = "auto", hparams: Optional[Dict[str, Any]] = None,
-                 audit_canaries: int = 0):
-        from privacy_audit.components.dp_trainer.trainer import DPTrainingConfig
-
-        # Checked here so that a pipeline with bad settings fails when it is built, not hours later. epochs and
-        # target_epsilon may be Kubeflow run-time parameters (RuntimeParameter): their defaults are checked.
-        DPTrainingConfig(label_key=label_key, model_variant=model_variant, private=private,
-                         epochs=compile_time_value(epochs), batch_size=batch_size, learning_rate=learning_rate,
-                         optimizer=optimizer, l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
-                         target_epsilon=compile_time_value(target_epsilon), delta=delta, sampling=sampling,
-                         accountant=accountant, checkpoint_every=checkpoint_every, seed=seed,
-                         audit_canaries=audit_canaries).validate()
+                 recipe: Optional[TrainingRecipe] = None, train_split: str = "train",
+                 feature_keys: Optional[List[str]] = None, **recipe_fields: Any):
+        """Args:
+          examples: Examples with the members' split (``train_split``).
+          label_key, feature_keys: the label feature and the model's input features (default: every other one,
+            ordered by name).
+          model_variant: the variant's name (ledger, ML Metadata, the evaluator's results).
+          recipe: the TrainingRecipe (default: the dataclass's defaults).
+          **recipe_fields: TrainingRecipe fields set on top of ``recipe`` (``epochs=10, noise_multiplier=1.1``...).
+            ``epochs`` and ``target_epsilon`` may be Kubeflow RuntimeParameters: the recipe holds their
+            defaults, the run's values come as the ``epochs`` / ``target_epsilon`` overrides.
+        """
+        recipe, overrides = recipe_and_overrides(recipe, recipe_fields)
         module_sha = None
-        if module_file:
-            if not os.path.isfile(module_file):
-                raise FileNotFoundError(f"model module file not found: {module_file}")
-            with open(module_file, "rb") as f:
+        if recipe.module_file:
+            if not os.path.isfile(recipe.module_file):
+                raise FileNotFoundError(f"model module file not found: {recipe.module_file}")
+            with open(recipe.module_file, "rb") as f:
                 module_sha = hashlib.sha256(f.read()).hexdigest()
         spec = DPTrainerSpec(
-            examples=examples, label_key=label_key, model_variant=model_variant, train_split=train_split,
-            feature_keys=json.dumps(list(feature_keys)) if feature_keys else None,
-            epochs=epochs, batch_size=batch_size, learning_rate=float(learning_rate), optimizer=optimizer,
-            private=int(bool(private)), l2_norm_clip=float(l2_norm_clip),
-            noise_multiplier=None if noise_multiplier is None else float(noise_multiplier),
-            target_epsilon=as_property(target_epsilon, float),
-            delta=None if delta is None else float(delta), sampling=sampling, accountant=accountant,
-            checkpoint_every=checkpoint_every, seed=seed,
-            module_file=os.path.abspath(module_file) if module_file else None, module_file_sha256=module_sha,
-            model_fn=model_fn, builtin_model=builtin_model, hparams=json.dumps(hparams or {}, sort_keys=True),
-            # None when off, so that pipelines without the audit keep their cache keys.
-            audit_canaries=int(audit_canaries) if audit_canaries else None,
+            examples=examples, recipe=recipe.to_json(), epochs=overrides.get("epochs"),
+            target_epsilon=overrides.get("target_epsilon"), label_key=label_key, model_variant=model_variant,
+            train_split=train_split, feature_keys=json.dumps(list(feature_keys)) if feature_keys else None,
+            module_file_sha256=module_sha,
             model=types.Channel(type=standard_artifacts.Model),
             model_run=types.Channel(type=standard_artifacts.ModelRun))
         super().__init__(spec=spec)
+
+    @property
+    def recipe(self) -> TrainingRecipe:
+        """The recipe as compiled (run-time overrides at their defaults)."""
+        return TrainingRecipe.from_json(self.exec_properties["recipe"])

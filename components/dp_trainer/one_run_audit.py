@@ -409,7 +409,7 @@ def canary_audit(train_fn: TrainFn, x_train, y_train, x_canaries, y_canaries, *,
       confidence, k_plus, k_minus: see :func:`audit_from_scores`.
     Score of a canary: minus its cross-entropy loss under the trained model.
     """
-    from privacy_audit.components.membership_inference.data import cross_entropy_from_logits
+    from privacy_audit.components.common.losses import cross_entropy_from_logits
 
     x_train, y_train = np.asarray(x_train), np.asarray(y_train)
     x_can, y_can = np.asarray(x_canaries), np.asarray(y_canaries)
@@ -479,11 +479,12 @@ def dp_training_fn(build_model_fn: Callable[[], Any], *, epochs: int, batch_size
     def train(x: np.ndarray, y: np.ndarray):
         import keras
 
+        from privacy_audit.components.common.optimizers import make_optimizer
         from privacy_audit.components.dp_trainer import training
 
         keras.utils.set_random_seed(int(seed))
         model = build_model_fn()
-        opt = keras.optimizers.SGD(learning_rate) if optimizer == "sgd" else keras.optimizers.Adam(learning_rate)
+        opt = make_optimizer(optimizer, learning_rate)
         result = training.fit(model, np.asarray(x, dtype=np.float32), y, epochs=epochs,
                               expected_batch_size=batch_size, optimizer=opt, l2_norm_clip=l2_norm_clip,
                               noise_multiplier=noise_multiplier, private=True, sampling=sampling, seed=seed,

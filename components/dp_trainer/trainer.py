@@ -27,104 +27,36 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from privacy_audit.components.common import io
+from privacy_audit.components.common import io, layout
+from privacy_audit.components.common.layout import CHECKPOINT_DIR, ONE_RUN_AUDIT_FILE
+from privacy_audit.components.common.optimizers import make_optimizer
+from privacy_audit.components.common.recipe import TrainingRecipe
 from privacy_audit.components.dp_trainer import accounting
 
 logger = logging.getLogger(__name__)
 
-OPTIMIZERS = ("adam", "sgd")
-CHECKPOINT_DIR = "checkpoints"
 
 
-@dataclasses.dataclass
-class DPTrainingConfig:
-    """Everything that defines a training run.
-
-    private=False trains the same model without clipping or noise (a baseline). With private=True give
-    either ``noise_multiplier`` or ``target_epsilon`` (then σ is calibrated for ``epochs``).
-    ``delta`` defaults to the largest power of ten not above 1/N^1.1 (δ >= 1/N is refused). ``checkpoint_every``: save the full model
-    every k epochs (and after the last one); 0 disables per-epoch checkpoints.
-    """
-    model_variant: str = "model"
-    label_key: str = "label"
-    feature_keys: Optional[List[str]] = None
-    epochs: int = 20
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"
-    private: bool = True
-    l2_norm_clip: float = 1.0
-    noise_multiplier: Optional[float] = None
-    target_epsilon: Optional[float] = None
-    delta: Optional[float] = None
-    sampling: str = "poisson"
-    accountant: str = "rdp"
-    checkpoint_every: int = 2
-    seed: int = 0
-    module_file: Optional[str] = None
-    model_fn: str = "build_keras_model"
-    builtin_model: str = "auto"
-    hparams: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    audit_canaries: int = 0
-
-    def validate(self, n_examples: Optional[int] = None) -> None:
-        """Raises ValueError naming the first invalid setting."""
-        if isinstance(self.audit_canaries, bool) or not isinstance(self.audit_canaries, int) or \
-                self.audit_canaries < 0 or self.audit_canaries == 1:
-            raise ValueError(f"audit_canaries must be 0 (no one-run audit) or an integer >= 2, got "
-                             f"{self.audit_canaries!r}")
-        if n_examples is not None and self.audit_canaries > n_examples // 2:
-            raise ValueError(f"audit_canaries ({self.audit_canaries}) must be at most half the training examples "
-                             f"({n_examples // 2}): the canaries are taken from them")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.sampling not in ("poisson", "shuffle"):
-            raise ValueError(f"sampling must be 'poisson' or 'shuffle', got {self.sampling!r}")
-        if not isinstance(self.epochs, int) or self.epochs <= 0:
-            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.accountant not in accounting.ACCOUNTANTS:
-            raise ValueError(f"accountant must be one of {accounting.ACCOUNTANTS}, got {self.accountant!r}")
-        accounting.validate_dp_params(n_examples=n_examples, batch_size=self.batch_size)
-        if self.private:
-            if (self.noise_multiplier is None) == (self.target_epsilon is None):
-                raise ValueError("a private run needs exactly one of noise_multiplier or target_epsilon")
-            accounting.validate_dp_params(n_examples=n_examples, noise_multiplier=self.noise_multiplier,
-                                          l2_norm_clip=self.l2_norm_clip, delta=self.delta,
-                                          target_epsilon=self.target_epsilon)
-
-
-def _make_optimizer(name: str, learning_rate: float):
-    import keras
-
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate)
-    return keras.optimizers.SGD(learning_rate)
-
-
-def resolve_noise(config: DPTrainingConfig, n_examples: int, steps_per_epoch: int):
+def resolve_noise(recipe: TrainingRecipe, n_examples: int, steps_per_epoch: int):
     """(noise_multiplier, delta) for the run: σ calibrated from target_epsilon over the planned steps."""
-    if not config.private:
+    if not recipe.private:
         return None, None
-    delta = config.delta if config.delta is not None else accounting.default_delta(n_examples)
+    delta = recipe.delta if recipe.delta is not None else accounting.default_delta(n_examples)
     accounting.validate_dp_params(n_examples=n_examples, delta=delta)
-    if config.noise_multiplier is not None:
-        return float(config.noise_multiplier), delta
+    if recipe.noise_multiplier is not None:
+        return float(recipe.noise_multiplier), delta
     sigma = accounting.noise_multiplier_for_epsilon(
-        target_epsilon=config.target_epsilon, n_examples=n_examples, batch_size=config.batch_size,
-        delta=delta, steps=steps_per_epoch * config.epochs, accountant=config.accountant)
+        target_epsilon=recipe.target_epsilon, n_examples=n_examples, batch_size=recipe.batch_size,
+        delta=delta, steps=steps_per_epoch * recipe.epochs, accountant=recipe.accountant)
     return sigma, delta
 
 
-def model_hparams(config: DPTrainingConfig, x: np.ndarray, num_classes: int,
+def model_hparams(recipe: TrainingRecipe, x: np.ndarray, num_classes: int,
                   input_features: Optional[List[str]] = None) -> Dict[str, Any]:
     """The ``hparams`` the model is built from (``input_dim``, ``num_classes``, ``input_features``, ``seed``
-    and the config's own): the same dict rebuilds the same architecture and initialisation."""
+    and the recipe's own): the same dict rebuilds the same architecture and initialisation."""
     return {"input_dim": int(np.prod(np.shape(x)[1:])), "num_classes": int(num_classes),
-            "input_features": list(input_features or []), "seed": config.seed, **config.hparams}
+            "input_features": list(input_features or []), "seed": recipe.seed, **recipe.hparams}
 
 
 class _TensorBoard:
@@ -150,23 +82,87 @@ def _save_keras_atomic(model, path: str) -> None:
         model.save(tmp)
 
 
-def train(config: DPTrainingConfig, x: np.ndarray, y: np.ndarray, *, model_dir: str, run_dir: str,
+def train(recipe: TrainingRecipe, x: np.ndarray, y: np.ndarray, *, model_dir: str, run_dir: str,
+          model_variant: str = "model", label_key: str = "label", feature_keys: Optional[List[str]] = None,
           input_features: Optional[List[str]] = None, num_classes: Optional[int] = None,
           verbose: bool = True) -> Dict[str, Any]:
-    """Trains per ``config`` on members (x [N, D] float32, y [N] int labels) and writes the Model and
-    ModelRun layouts. Returns the ledger JSON (ε per epoch).
+    """Trains per ``recipe`` on members (x [N, D] float32, y [N] int labels) and writes the Model
+    and ModelRun layouts. Returns the ledger JSON (ε per epoch).
 
-    Nothing but these two directories is written; each file goes to a temporary name first.
+    ``model_variant`` names the run (ledger, logs); ``label_key`` and ``feature_keys`` are recorded in
+    model_info.json (the data the model reads). Nothing but these two directories is written; each file goes
+    to a temporary name first.
     """
     from privacy_audit.components.dp_trainer import dp_step, sampling, training
     from privacy_audit.components.dp_trainer.models import build_model
 
+    x, y, num_classes = _checked_data(recipe, x, y, num_classes)
+    n = len(y)
+
+    sampler_cls = sampling.PoissonSampler if recipe.sampling == "poisson" else sampling.ShuffleSampler
+    steps_per_epoch = sampler_cls(n, recipe.batch_size, seed=recipe.seed).steps_per_epoch
+    noise_multiplier, delta = resolve_noise(recipe, n, steps_per_epoch)
+
+    hparams = model_hparams(recipe, x, num_classes, input_features)
+    model = build_model(hparams, module_file=recipe.module_file, model_fn=recipe.model_fn,
+                        builtin=recipe.builtin_model)
+    if recipe.private:
+        # A non-private baseline may keep layers that mix examples (BatchNormalization).
+        dp_step.check_model_supports_dp(model)
+
+    io.makedirs(model_dir)
+    io.makedirs(run_dir)
+    ckpt_dir = io.join(model_dir, CHECKPOINT_DIR)
+    io.makedirs(ckpt_dir)
+
+    ledger = accounting.PrivacyLedger(
+        model_variant=model_variant, private=recipe.private, n_examples=n,
+        expected_batch_size=recipe.batch_size, noise_multiplier=noise_multiplier,
+        l2_norm_clip=recipe.l2_norm_clip, delta=delta, sampling=recipe.sampling,
+        accountant=recipe.accountant, target_epsilon=recipe.target_epsilon,
+        extra={"optimizer": recipe.optimizer, "learning_rate": recipe.learning_rate,
+               "epochs_planned": recipe.epochs, "seed": recipe.seed, "model_name": model.name})
+    epoch_end = _EpochWriter(recipe, model, ledger, model_variant, run_dir, ckpt_dir, verbose)
+    if verbose:
+        mode = (f"DP-{recipe.optimizer.upper()}: σ={noise_multiplier:.4g}, C={recipe.l2_norm_clip}, δ={delta:.0e}, "
+                f"q={recipe.batch_size / n:.4g}, {recipe.sampling} sampling" if recipe.private else "non-private")
+        print(f"[{model_variant}] training {model.name} on {n} examples, {recipe.epochs} epochs x "
+              f"{steps_per_epoch} steps, {mode}", flush=True)
+    training.fit(model, x, y, epochs=recipe.epochs, expected_batch_size=recipe.batch_size,
+                 optimizer=make_optimizer(recipe.optimizer, recipe.learning_rate),
+                 l2_norm_clip=recipe.l2_norm_clip if recipe.private else None,
+                 noise_multiplier=noise_multiplier or 0.0, private=recipe.private, sampling=recipe.sampling,
+                 seed=recipe.seed, on_epoch_end=epoch_end, verbose=False)
+
+    _save_keras_atomic(model, io.join(model_dir, layout.KERAS_FINAL))
+    with io.local_staging(io.join(model_dir, layout.SERVING_DIR)) as staging:
+        model.export(staging, verbose=False)
+    accounting.write_json_atomic(io.join(model_dir, layout.MODEL_INFO_FILE), {
+        "model_variant": model_variant, "label_key": label_key,
+        "feature_keys": list(feature_keys) if feature_keys else None, "input_features": list(input_features or []),
+        "private": recipe.private, "epochs": recipe.epochs, "num_classes": num_classes,
+        "model_name": model.name})
+    ledger.write(io.join(run_dir, layout.LEDGER_FILE))
+    if recipe.audit_canaries:
+        if recipe.private:
+            audit = one_run_privacy_audit(recipe, x, y, model_variant=model_variant, num_classes=num_classes,
+                                          hparams=hparams,
+                                          noise_multiplier=noise_multiplier, delta=delta,
+                                          ledger_epsilon=ledger.to_json()["epsilon"], verbose=verbose)
+            accounting.write_json_atomic(io.join(run_dir, ONE_RUN_AUDIT_FILE), audit)
+        elif verbose:
+            print(f"[{model_variant}] one-run audit skipped: the variant is not private (ε = ∞)", flush=True)
+    return ledger.to_json()
+
+
+def _checked_data(recipe: TrainingRecipe, x: np.ndarray, y: np.ndarray, num_classes: Optional[int]):
+    """``(x float32, y int64, num_classes)`` after the checks a training set must pass (ValueError naming the
+    problem): shapes, the recipe against N, finite features, non-negative labels of at least two classes."""
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y).astype(np.int64)
     if x.ndim < 2 or len(x) != len(y):
         raise ValueError(f"x must be [N, ...] and y [N]; got x {x.shape}, y {y.shape}")
-    n = len(y)
-    config.validate(n_examples=n)
+    recipe.validate(n_examples=len(y))
     if not np.isfinite(x).all():
         raise ValueError(f"{int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).sum())} training "
                          "example(s) have NaN or infinite features")
@@ -179,98 +175,54 @@ def train(config: DPTrainingConfig, x: np.ndarray, y: np.ndarray, *, model_dir: 
     num_classes = int(num_classes or (int(y.max()) + 1))
     if y.max() >= num_classes:
         raise ValueError(f"label {int(y.max())} is outside the {num_classes} classes")
+    return x, y, num_classes
 
-    sampler_cls = sampling.PoissonSampler if config.sampling == "poisson" else sampling.ShuffleSampler
-    steps_per_epoch = sampler_cls(n, config.batch_size, seed=config.seed).steps_per_epoch
-    noise_multiplier, delta = resolve_noise(config, n, steps_per_epoch)
 
-    hparams = model_hparams(config, x, num_classes, input_features)
-    model = build_model(hparams, module_file=config.module_file, model_fn=config.model_fn,
-                        builtin=config.builtin_model)
-    if config.private:
-        # A non-private baseline may keep layers that mix examples (BatchNormalization).
-        dp_step.check_model_supports_dp(model)
+class _EpochWriter:
+    """What happens after each epoch: the ledger records the steps that ran (ε follows from its events), the
+    TensorBoard scalars and the JSON-lines log are written, a checkpoint is saved every ``checkpoint_every``
+    epochs (and after the last) with ``checkpoints/index.json``, and a progress line is printed."""
 
-    io.makedirs(model_dir)
-    io.makedirs(run_dir)
-    ckpt_dir = io.join(model_dir, CHECKPOINT_DIR)
-    io.makedirs(ckpt_dir)
+    def __init__(self, recipe: TrainingRecipe, model, ledger, model_variant: str, run_dir: str, ckpt_dir: str,
+                 verbose: bool):
+        self.recipe, self.model, self.ledger = recipe, model, ledger
+        self.model_variant, self.ckpt_dir, self.verbose = model_variant, ckpt_dir, verbose
+        self.tb = _TensorBoard(io.join(run_dir, layout.TENSORBOARD_DIR))
+        self.log_path = io.join(run_dir, layout.TRAINING_LOG_FILE)
+        self.log_lines: List[str] = []
+        self.checkpoints: List[Dict[str, Any]] = []
+        self.t_epoch = time.time()
+        io.write_text(self.log_path, "")
 
-    ledger = accounting.PrivacyLedger(
-        model_variant=config.model_variant, private=config.private, n_examples=n,
-        expected_batch_size=config.batch_size, noise_multiplier=noise_multiplier,
-        l2_norm_clip=config.l2_norm_clip, delta=delta, sampling=config.sampling,
-        accountant=config.accountant, target_epsilon=config.target_epsilon,
-        extra={"optimizer": config.optimizer, "learning_rate": config.learning_rate,
-               "epochs_planned": config.epochs, "seed": config.seed, "model_name": model.name})
-    tb = _TensorBoard(io.join(run_dir, "logs"))
-    log_path = io.join(run_dir, "training_log.jsonl")
-    log_lines: List[str] = []
-    checkpoints: List[Dict[str, Any]] = []
-    if verbose:
-        mode = (f"DP-{config.optimizer.upper()}: σ={noise_multiplier:.4g}, C={config.l2_norm_clip}, δ={delta:.0e}, "
-                f"q={config.batch_size / n:.4g}, {config.sampling} sampling" if config.private else "non-private")
-        print(f"[{config.model_variant}] training {model.name} on {n} examples, {config.epochs} epochs x "
-              f"{steps_per_epoch} steps, {mode}", flush=True)
-    t_epoch = [time.time()]
-
-    def on_epoch_end(stats) -> None:
+    def __call__(self, stats) -> None:
+        ledger, recipe = self.ledger, self.recipe
         ledger.record_steps(stats.steps_in_epoch)
         if ledger.steps != stats.total_steps:
             raise RuntimeError(f"ledger steps {ledger.steps} != steps run {stats.total_steps}")
         now = time.time()
         rec = ledger.end_epoch(stats.epoch, train_loss=float(stats.mean_train_loss),
                                train_accuracy=float(stats.train_accuracy),
-                               examples_sampled=int(stats.examples_sampled), seconds=round(now - t_epoch[0], 3))
-        t_epoch[0] = now
-        tb.scalars(stats.epoch, {"train_loss": rec.train_loss, "train_accuracy": rec.train_accuracy,
-                                 "epsilon": rec.epsilon})
-        log_lines.append(json.dumps(dataclasses.asdict(rec), allow_nan=False) + "\n"
-                         if rec.epsilon is None or math.isfinite(rec.epsilon)
-                         else json.dumps({**dataclasses.asdict(rec), "epsilon": None}) + "\n")
+                               examples_sampled=int(stats.examples_sampled), seconds=round(now - self.t_epoch, 3))
+        self.t_epoch = now
+        finite_eps = rec.epsilon if rec.epsilon is None or math.isfinite(rec.epsilon) else None
+        self.tb.scalars(stats.epoch, {"train_loss": rec.train_loss, "train_accuracy": rec.train_accuracy,
+                                      "epsilon": rec.epsilon})
+        self.log_lines.append(json.dumps({**dataclasses.asdict(rec), "epsilon": finite_eps}, allow_nan=False) + "\n")
         # Object stores cannot append: the whole (small) log is rewritten, atomically, every epoch.
-        io.write_text(log_path, "".join(log_lines))
-        last = stats.epoch == config.epochs
-        if config.checkpoint_every and (stats.epoch % config.checkpoint_every == 0 or last):
+        io.write_text(self.log_path, "".join(self.log_lines))
+        last = stats.epoch == recipe.epochs
+        if recipe.checkpoint_every and (stats.epoch % recipe.checkpoint_every == 0 or last):
             name = f"epoch_{stats.epoch:04d}.keras"
-            _save_keras_atomic(model, io.join(ckpt_dir, name))
-            checkpoints.append({"epoch": stats.epoch, "path": name, "steps": ledger.steps,
-                                "epsilon": rec.epsilon if rec.epsilon is None or math.isfinite(rec.epsilon)
-                                else None})
-            accounting.write_json_atomic(io.join(ckpt_dir, "index.json"), {"checkpoints": checkpoints})
-        if verbose:
+            _save_keras_atomic(self.model, io.join(self.ckpt_dir, name))
+            self.checkpoints.append({"epoch": stats.epoch, "path": name, "steps": ledger.steps, "epsilon": finite_eps})
+            accounting.write_json_atomic(io.join(self.ckpt_dir, layout.CHECKPOINT_INDEX),
+                                         {"checkpoints": self.checkpoints})
+        if self.verbose:
             eps = "" if rec.epsilon is None else f", ε={rec.epsilon:.3f}"
-            print(f"[{config.model_variant}] epoch {stats.epoch}/{config.epochs}: loss={rec.train_loss:.4f}, "
+            print(f"[{self.model_variant}] epoch {stats.epoch}/{recipe.epochs}: loss={rec.train_loss:.4f}, "
                   f"accuracy={rec.train_accuracy:.4f}{eps} ({rec.seconds:.1f}s)", flush=True)
 
-    io.write_text(log_path, "")
-    training.fit(model, x, y, epochs=config.epochs, expected_batch_size=config.batch_size,
-                 optimizer=_make_optimizer(config.optimizer, config.learning_rate),
-                 l2_norm_clip=config.l2_norm_clip if config.private else None,
-                 noise_multiplier=noise_multiplier or 0.0, private=config.private, sampling=config.sampling,
-                 seed=config.seed, on_epoch_end=on_epoch_end, verbose=False)
 
-    _save_keras_atomic(model, io.join(model_dir, "keras", "model.keras"))
-    with io.local_staging(io.join(model_dir, "Format-Serving")) as staging:
-        model.export(staging, verbose=False)
-    accounting.write_json_atomic(io.join(model_dir, "model_info.json"), {
-        "model_variant": config.model_variant, "label_key": config.label_key,
-        "feature_keys": config.feature_keys, "input_features": list(input_features or []),
-        "private": config.private, "epochs": config.epochs, "num_classes": num_classes,
-        "model_name": model.name})
-    ledger.write(io.join(run_dir, "ledger.json"))
-    if config.audit_canaries:
-        if config.private:
-            audit = one_run_privacy_audit(config, x, y, num_classes=num_classes, hparams=hparams,
-                                          noise_multiplier=noise_multiplier, delta=delta,
-                                          ledger_epsilon=ledger.to_json()["epsilon"], verbose=verbose)
-            accounting.write_json_atomic(io.join(run_dir, ONE_RUN_AUDIT_FILE), audit)
-        elif verbose:
-            print(f"[{config.model_variant}] one-run audit skipped: the variant is not private (ε = ∞)", flush=True)
-    return ledger.to_json()
-
-
-ONE_RUN_AUDIT_FILE = "one_run_audit.json"
 ONE_RUN_AUDIT_CONFIDENCE = 0.95
 
 
@@ -284,11 +236,12 @@ def audit_delta(ledger_delta: float, m: int) -> float:
     return float(min(ledger_delta, 1.0 / (100.0 * m)))
 
 
-def one_run_privacy_audit(config: DPTrainingConfig, x: np.ndarray, y: np.ndarray, *, num_classes: int,
+def one_run_privacy_audit(recipe: TrainingRecipe, x: np.ndarray, y: np.ndarray, *, num_classes: int,
+                          model_variant: str = "model",
                           hparams: Dict[str, Any], noise_multiplier: float, delta: float,
                           ledger_epsilon: Optional[float] = None, verbose: bool = True) -> Dict[str, Any]:
     """The one-run audit of a private recipe (see the module doc): one extra training run with
-    ``config.audit_canaries`` canaries. Returns the JSON written to ``one_run_audit.json``:
+    ``recipe.audit_canaries`` canaries. Returns the JSON written to ``one_run_audit.json``:
     :meth:`one_run_audit.CanaryAudit.to_json` (``epsilon_lower_bound`` at ``confidence`` and ``delta``, the
     ``accountant_epsilon`` of the audit run at that δ, ``violated``, ``message``, the guesses) plus
     ``ledger_epsilon`` / ``ledger_delta`` (the main run's claim), the recipe, and the seconds it took.
@@ -308,34 +261,34 @@ def one_run_privacy_audit(config: DPTrainingConfig, x: np.ndarray, y: np.ndarray
     from privacy_audit.components.dp_trainer.models import build_model
 
     started = time.time()
-    m = int(config.audit_canaries)
-    rng = np.random.default_rng(np.random.SeedSequence([int(config.seed), 0xA0D1]))
+    m = int(recipe.audit_canaries)
+    rng = np.random.default_rng(np.random.SeedSequence([int(recipe.seed), 0xA0D1]))
     chosen = np.zeros(len(y), dtype=bool)
     chosen[rng.choice(len(y), size=m, replace=False)] = True
     x_canaries, y_canaries = one_run_audit.mislabeled_canaries(x[chosen], y[chosen], m, num_classes,
-                                                               seed=config.seed)
+                                                               seed=recipe.seed)
     delta_audit = audit_delta(delta, m)
     train_fn = one_run_audit.dp_training_fn(
-        lambda: build_model(hparams, module_file=config.module_file, model_fn=config.model_fn,
-                            builtin=config.builtin_model),
-        epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
-        l2_norm_clip=config.l2_norm_clip, noise_multiplier=noise_multiplier, delta=delta_audit,
-        optimizer=config.optimizer, sampling=config.sampling, seed=config.seed, accountant=config.accountant)
+        lambda: build_model(hparams, module_file=recipe.module_file, model_fn=recipe.model_fn,
+                            builtin=recipe.builtin_model),
+        epochs=recipe.epochs, batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
+        l2_norm_clip=recipe.l2_norm_clip, noise_multiplier=noise_multiplier, delta=delta_audit,
+        optimizer=recipe.optimizer, sampling=recipe.sampling, seed=recipe.seed, accountant=recipe.accountant)
     if verbose:
-        print(f"[{config.model_variant}] one-run privacy audit: {m} mislabelled canaries, each included with "
+        print(f"[{model_variant}] one-run privacy audit: {m} mislabelled canaries, each included with "
               f"probability 1/2, one more training run of the same recipe", flush=True)
     result = one_run_audit.canary_audit(train_fn, x[~chosen], y[~chosen], x_canaries, y_canaries,
-                                        delta=delta_audit, seed=config.seed, confidence=ONE_RUN_AUDIT_CONFIDENCE)
+                                        delta=delta_audit, seed=recipe.seed, confidence=ONE_RUN_AUDIT_CONFIDENCE)
     out = result.to_json()
     out.update({
         "schema_version": 1, "method": "one_run_audit (Steinke, Nasr, Jagielski 2023)",
-        "model_variant": config.model_variant, "confidence": ONE_RUN_AUDIT_CONFIDENCE,
+        "model_variant": model_variant, "confidence": ONE_RUN_AUDIT_CONFIDENCE,
         "canaries": "training examples with a random wrong label, each included with probability 1/2",
         "ledger_epsilon": ledger_epsilon if ledger_epsilon is None or math.isfinite(ledger_epsilon) else None,
         "ledger_delta": float(delta),
-        "noise_multiplier": float(noise_multiplier), "l2_norm_clip": float(config.l2_norm_clip),
-        "expected_batch_size": int(config.batch_size), "epochs": int(config.epochs),
-        "accountant": config.accountant, "seed": int(config.seed), "seconds": round(time.time() - started, 3)})
+        "noise_multiplier": float(noise_multiplier), "l2_norm_clip": float(recipe.l2_norm_clip),
+        "expected_batch_size": int(recipe.batch_size), "epochs": int(recipe.epochs),
+        "accountant": recipe.accountant, "seed": int(recipe.seed), "seconds": round(time.time() - started, 3)})
     if verbose:
-        print(f"[{config.model_variant}] one-run audit: {result.message}", flush=True)
+        print(f"[{model_variant}] one-run audit: {result.message}", flush=True)
     return out

@@ -60,23 +60,22 @@ def run_attacks(inputs: "AttackInputs", attacks: Sequence[str] = DEFAULT_ATTACKS
       config: trained-attack settings (folds, subsample caps, hyperparameter search).
       delta, confidence: for ``epsilon_lower_bound``; fpr_targets: for ``tpr_at_fpr``.
       progress: called with one line per slice and attack (e.g. ``print``); None: silent.
-      references: :class:`reference_models.ReferenceSignals` over the members then the non-members, for the
-        reference attacks. Their scores are computed once over all examples (each example's IN/OUT fit
+      references: :class:`~privacy_audit.components.reference_models.signals.ReferenceSignals` over the members
+        then the non-members, for the reference attacks. Their scores are computed once over all examples (each example's IN/OUT fit
         does not depend on the slice) and measured per slice like every other attack.
       reference_options: ``{"lira": {"fixed_variance": true|false|"auto"}, "rmia": {"gamma", "offline_a"}}``
-        (see :func:`reference_models.resolve_attack_options`).
+        (see :func:`attacks.reference.resolve_attack_options`).
     Returns the results object (``schema_version``, ``metadata``, ``results``, ``skipped_slices``).
     Examples whose ids appear on both sides are counted in ``metadata.n_duplicate_examples`` and reported
     with a :class:`DuplicateExamplesWarning`.
     """
     from privacy_audit.components.membership_inference import attacks as attacks_mod
     from privacy_audit.components.membership_inference import metrics, results, slicing as slicing_mod
-
-    from privacy_audit.components.membership_inference import reference_models
+    from privacy_audit.components.membership_inference.assemble import run_metadata, with_given_metadata
 
     names = attacks_mod.check_attack_names(list(attacks))
     reference_names = attacks_mod.reference_attack_names(names)
-    reference_options = reference_models.check_reference_options(reference_options)
+    reference_options = attacks_mod.check_reference_options(reference_options)
     if reference_names and references is None:
         raise ValueError(f"{', '.join(reference_names)} need reference models: give ref_logits [K, N, C] and "
                          "ref_in_mask [K, N] (members then non-members) in the .npz input")
@@ -97,17 +96,40 @@ def run_attacks(inputs: "AttackInputs", attacks: Sequence[str] = DEFAULT_ATTACKS
 
     slices, skipped = slicing_mod.make_slices(inputs, spec, min_slice_size=min_slice_size)
     prepared = attacks_mod.PreparedInputs(inputs, config, references, reference_options)
-    wm, wn = inputs.sample_weight("members"), inputs.sample_weight("nonmembers")
+    metric_kwargs = {"delta": delta, "confidence": confidence, "fpr_targets": fpr_targets, "roc_points": roc_points}
+    out = _attack_slices(slices, names, prepared, skipped, seed=seed, metric_kwargs=metric_kwargs, progress=progress)
+    if progress is not None:
+        for s in skipped:
+            progress(f"skipped {slicing_mod.slice_name(s['slice'])}: {s['reason']}")
+
+    md = run_metadata(accuracy_train=inputs.accuracy("members"), accuracy_test=inputs.accuracy("nonmembers"),
+                      n_members=inputs.n_members, n_nonmembers=inputs.n_nonmembers, n_duplicate_examples=n_dup,
+                      attacks=names, slicing=spec, seed=seed, min_slice_size=min_slice_size, delta=delta,
+                      confidence=confidence)
+    md["seconds"] = round(time.perf_counter() - t_start, 3)
+    if reference_names:
+        md["reference_models"] = {**references.summary(), "attacks": {
+            name: prepared.reference_scores(name)[1] for name in reference_names}}
+    md = with_given_metadata(md, metadata)
+    return results.build_results(out, md, skipped)
+
+
+def _attack_slices(slices, names: Sequence[str], prepared, skipped: List[Dict[str, Any]], *, seed: int,
+                   metric_kwargs: Mapping[str, Any], progress: Optional[Progress]) -> List[Dict[str, Any]]:
+    """One results entry per slice and attack (slices in order, then attacks as given); trained attacks on a
+    slice with fewer than 2 members or non-members are added to ``skipped`` instead."""
     import numpy as np
 
+    from privacy_audit.components.membership_inference import attacks as attacks_mod, metrics
+    from privacy_audit.components.membership_inference.slicing import slice_name
+
+    inputs = prepared.inputs
+    wm, wn = inputs.sample_weight("members"), inputs.sample_weight("nonmembers")
     out: List[Dict[str, Any]] = []
-    total = len(slices) * len(names)
-    step = 0
+    total, step = len(slices) * len(names), 0
     for sl in slices:
         label = np.concatenate([np.ones(sl.n_members, dtype=bool), np.zeros(sl.n_nonmembers, dtype=bool)])
-        weight = None
-        if wm is not None:
-            weight = np.concatenate([wm[sl.member_idx], wn[sl.nonmember_idx]])
+        weight = None if wm is None else np.concatenate([wm[sl.member_idx], wn[sl.nonmember_idx]])
         for name in names:
             step += 1
             t0 = time.perf_counter()
@@ -116,41 +138,14 @@ def run_attacks(inputs: "AttackInputs", attacks: Sequence[str] = DEFAULT_ATTACKS
                                 "n_nonmembers": sl.n_nonmembers,
                                 "reason": "a trained attack needs at least 2 members and 2 non-members"})
                 continue
-            sub_seed = _derived_seed(seed, sl.spec, name)
-            sm, sn = attacks_mod.attack_scores(name, prepared, sl.member_idx, sl.nonmember_idx, sub_seed)
-            m = metrics.attack_metrics(np.concatenate([sm, sn]), label, weight, delta=delta,
-                                       confidence=confidence, fpr_targets=fpr_targets, roc_points=roc_points)
-            entry: Dict[str, Any] = {"slice": sl.spec, "attack": name}
-            entry.update(m)
-            out.append(entry)
+            sm, sn = attacks_mod.attack_scores(name, prepared, sl.member_idx, sl.nonmember_idx,
+                                               _derived_seed(seed, sl.spec, name))
+            m = metrics.attack_metrics(np.concatenate([sm, sn]), label, weight, **metric_kwargs)
+            out.append({"slice": sl.spec, "attack": name, **m})
             if progress is not None:
-                progress(f"[{step}/{total}] {slicing_mod.slice_name(sl.spec)} {name}: auc={m['auc']:.4f} "
+                progress(f"[{step}/{total}] {slice_name(sl.spec)} {name}: auc={m['auc']:.4f} "
                          f"advantage={m['attacker_advantage']:.4f} ({time.perf_counter() - t0:.2f}s)")
-    if progress is not None:
-        for s in skipped:
-            progress(f"skipped {slicing_mod.slice_name(s['slice'])}: {s['reason']}")
-
-    md: Dict[str, Any] = {
-        "accuracy_train": inputs.accuracy("members"),
-        "accuracy_test": inputs.accuracy("nonmembers"),
-        "n_members": inputs.n_members,
-        "n_nonmembers": inputs.n_nonmembers,
-        "n_duplicate_examples": n_dup,
-        "attacks": names,
-        "slicing": spec.to_json(),
-        "seed": int(seed),
-        "min_slice_size": int(min_slice_size),
-        "delta": float(delta),
-        "confidence": float(confidence),
-        "seconds": round(time.perf_counter() - t_start, 3),
-    }
-    if reference_names:
-        md["reference_models"] = {**references.summary(), "attacks": {
-            name: prepared.reference_scores(name)[1] for name in reference_names}}
-    for key, value in (metadata or {}).items():
-        if value is not None or key not in md:
-            md[key] = value
-    return results.build_results(out, md, skipped)
+    return out
 
 
 def _derived_seed(seed: int, slice_spec: Mapping[str, Any], attack: str) -> int:
@@ -232,10 +227,11 @@ def _limits(path: str):
 
 def load_references(path: str):
     """The reference models' signals of a ``.npz`` input (``ref_logits`` [K, N, C], ``ref_in_mask`` [K, N]) as a
-    :class:`reference_models.ReferenceSignals`, or None when the file has none (or is Parquet)."""
+    :class:`~privacy_audit.components.reference_models.signals.ReferenceSignals`, or None when the file has none
+    (or is Parquet)."""
     import numpy as np
 
-    from privacy_audit.components.membership_inference.reference_models import ReferenceSignals
+    from privacy_audit.components.reference_models.signals import ReferenceSignals
 
     if os.path.splitext(path)[1].lower() != ".npz":
         return None

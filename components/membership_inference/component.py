@@ -1,5 +1,5 @@
 """MembershipInferenceEvaluator: the TFX component (spec and channel wiring only; the work is in
-executor.py and, below it, the TFX-free library beam_pipeline.py)."""
+executor.py and, below it, the TFX-free library: evaluation.py, gate.py, beam/)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from privacy_audit.components.common.runtime_values import compile_time_value
-from privacy_audit.components.membership_inference import executor
+from privacy_audit.components.membership_inference import evaluation, executor, gate
 from privacy_audit.components.membership_inference.api import DEFAULT_ATTACKS
 from privacy_audit.components.reference_models.component import ReferenceModels
 
@@ -154,16 +154,16 @@ class MembershipInferenceEvaluator(base_beam_component.BaseBeamComponent):
         if feature_keys is not None:
             feature_keys_json = feature_keys if isinstance(feature_keys, str) else json.dumps(list(feature_keys))
         # Checked here so that a pipeline with bad settings fails when it is built.
-        executor.parse_settings(attacks_json, slicing_json, seed, min_slice_size, sample_size)
+        evaluation.parse_settings(attacks_json, slicing_json, seed, min_slice_size, sample_size)
         reference_json = None
         if reference_options is not None:
             reference_json = reference_options if isinstance(reference_options, str) else json.dumps(
                 dict(reference_options), sort_keys=True)
-        executor.check_reference_attacks(attacks_json, reference_json, has_references=reference_models is not None)
+        evaluation.check_reference_attacks(attacks_json, reference_json, has_references=reference_models is not None)
         # The gate's thresholds may be Kubeflow run-time parameters (RuntimeParameter): their defaults are checked.
-        executor.parse_thresholds(*map(compile_time_value, (max_auc, max_attacker_advantage, max_epsilon_lower_bound)))
+        gate.parse_thresholds(*map(compile_time_value, (max_auc, max_attacker_advantage, max_epsilon_lower_bound)))
         if feature_keys_json is not None:
-            executor.parse_json_list(feature_keys_json, "feature_keys")
+            evaluation.parse_json_list(feature_keys_json, "feature_keys")
         if members_split == nonmembers_split:
             raise ValueError(f"members_split and nonmembers_split must differ, both are {members_split!r}")
         spec = MembershipInferenceEvaluatorSpec(

@@ -15,169 +15,23 @@ This module imports numpy only (pyarrow lazily, for Parquet).
 from __future__ import annotations
 
 import dataclasses
-import os
 import zipfile
 from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-#: Smallest probability used inside a logarithm (probabilities are clipped to it so that log(0) never
-#: appears); -log(1e-30) = 69.1 is then the largest loss a probability input can give.
-MIN_PROB = 1e-30
+from privacy_audit.components.common.losses import (  # noqa: F401 (part of this module's API)
+    MIN_PROB, InputValidationError, as_2d_logits, as_2d_probs, check_labels_for, cross_entropy_from_logits,
+    cross_entropy_from_probs, integer_labels, log_softmax, modified_entropy, modified_entropy_from_log_probs,
+    modified_entropy_from_logits, prediction_entropy, softmax)
 
 SIDES = ("members", "nonmembers")
 _FILE_SUFFIX = {"members": "train", "nonmembers": "test"}
 
 
-class InputValidationError(ValueError):
-    """Bad attack inputs; the message names the offending array."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Losses and entropies (the only implementations in the project: reuse them, do not copy them)
-# ---------------------------------------------------------------------------------------------------------
-
-def as_2d_logits(logits: np.ndarray) -> np.ndarray:
-    """[N] or [N, 1] single-logit (sigmoid) outputs become [N, 2] logits ``[0, z]``: softmax([0, z]) is
-    [1 - sigmoid(z), sigmoid(z)], so the multi-class formulas stay exact and stable for the binary case."""
-    logits = np.asarray(logits, dtype=np.float64)
-    if logits.ndim == 2 and logits.shape[1] == 1:
-        logits = logits[:, 0]
-    if logits.ndim == 1:
-        return np.stack([np.zeros_like(logits), logits], axis=1)
-    if logits.ndim != 2:
-        raise InputValidationError(f"logits must have shape [N, C] or [N], got {logits.shape}")
-    return logits
-
-
-def as_2d_probs(probs: np.ndarray) -> np.ndarray:
-    """[N] or [N, 1] probabilities of the positive class become [N, 2] ``[1 - p, p]``."""
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim == 2 and probs.shape[1] == 1:
-        probs = probs[:, 0]
-    if probs.ndim == 1:
-        return np.stack([1.0 - probs, probs], axis=1)
-    if probs.ndim != 2:
-        raise InputValidationError(f"probs must have shape [N, C] or [N], got {probs.shape}")
-    return probs
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Stable log-softmax over the last axis of ``[N, C]`` logits (single-logit input: see ``as_2d_logits``)."""
-    z = as_2d_logits(logits)
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Probabilities ``[N, C]`` from logits ``[N, C]`` (or ``[N]`` single logits → ``[N, 2]``)."""
-    return np.exp(log_softmax(logits))
-
-
-def _check_labels_for(n: int, n_classes: int, labels: np.ndarray) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.shape != (n,):
-        raise InputValidationError(f"labels must have shape [{n}] to match the outputs, got {labels.shape}")
-    labels = _integer_labels(labels, "labels")
-    bad = (labels < 0) | (labels >= n_classes)
-    if bad.any():
-        raise InputValidationError(f"labels: {int(bad.sum())} values outside [0, {n_classes})")
-    return labels
-
-
-def cross_entropy_from_logits(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per-example cross-entropy loss ``-log softmax(logits)[label]`` (nats), shape [N].
-
-    Args:
-      logits: [N, C] unnormalised scores; or [N] / [N, 1] for a single-logit (sigmoid) binary model, where
-        the label 1 means the positive class.
-      labels: [N] integers in [0, C) (in {0, 1} for the single-logit case).
-    Uses a max-shifted log-sum-exp, so large logits do not overflow.
-    """
-    lsm = log_softmax(logits)
-    labels = _check_labels_for(lsm.shape[0], lsm.shape[1], labels)
-    return 0.0 - lsm[np.arange(lsm.shape[0]), labels]  # 0.0 - x: no -0.0
-
-
-def cross_entropy_from_probs(probs: np.ndarray, labels: np.ndarray, min_prob: float = MIN_PROB) -> np.ndarray:
-    """Per-example cross-entropy ``-log p[label]`` (nats), shape [N]; p is clipped to ``min_prob``.
-
-    Args:
-      probs: [N, C] class probabilities; or [N] / [N, 1] probability of the positive class (binary).
-      labels: [N] integers in [0, C).
-    """
-    p = as_2d_probs(probs)
-    labels = _check_labels_for(p.shape[0], p.shape[1], labels)
-    return -np.log(np.maximum(p[np.arange(p.shape[0]), labels], min_prob))
-
-
-def _modified_entropy_from_log_probs(log_p: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    # Mentr(p, y) = -(1 - p_y) log p_y - sum_{i != y} p_i log(1 - p_i)      (Song & Mittal 2021, eq. 8)
-    # With log-probabilities, 1 - p = -expm1(log p) keeps precision when p is close to 1.
-    n = log_p.shape[0]
-    rows = np.arange(n)
-    p = np.exp(log_p)
-    one_minus_p = -np.expm1(log_p)
-    log_one_minus_p = np.log(np.maximum(one_minus_p, MIN_PROB))
-    terms = -p * log_one_minus_p
-    log_py = np.maximum(log_p[rows, labels], np.log(MIN_PROB))
-    terms[rows, labels] = -one_minus_p[rows, labels] * log_py
-    return terms.sum(axis=1)
-
-
-def prediction_entropy(log_probs: np.ndarray) -> np.ndarray:
-    """Shannon entropy ``-sum_i p_i log p_i`` (nats) of each row of ``[N, C]`` log-probabilities, shape [N].
-
-    The label-free membership signal: a model is usually more confident (lower entropy) on its
-    training examples. Terms with p_i = 0 contribute 0.
-    """
-    log_p = np.asarray(log_probs, dtype=np.float64)
-    p = np.exp(log_p)
-    return -np.where(p > 0, p * np.maximum(log_p, np.log(MIN_PROB)), 0.0).sum(axis=1)
-
-
-def modified_entropy(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Modified prediction entropy of Song & Mittal (USENIX Security 2021, eq. 8), shape [N], nats.
-
-    ``Mentr = -(1 - p_y) log p_y - sum_{i != y} p_i log(1 - p_i)``: small when the model is confidently
-    right, large when it is confidently wrong; members tend to have lower values. Probabilities are clipped
-    to ``MIN_PROB`` inside logarithms (as TF Privacy does), so the value is always finite.
-
-    Args:
-      probs: [N, C] probabilities, or [N] / [N, 1] positive-class probability (binary).
-      labels: [N] integers in [0, C).
-    """
-    p = as_2d_probs(probs)
-    labels = _check_labels_for(p.shape[0], p.shape[1], labels)
-    return _modified_entropy_from_log_probs(np.log(np.maximum(p, MIN_PROB)), labels)
-
-
-def modified_entropy_from_logits(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """:func:`modified_entropy` computed from logits through a stable log-softmax (more precise when a
-    probability is close to 1)."""
-    lsm = log_softmax(logits)
-    labels = _check_labels_for(lsm.shape[0], lsm.shape[1], labels)
-    return _modified_entropy_from_log_probs(lsm, labels)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Validation helpers
 # ---------------------------------------------------------------------------------------------------------
-
-def _integer_labels(labels: np.ndarray, name: str) -> np.ndarray:
-    if labels.dtype == np.bool_:
-        return labels.astype(np.int64)
-    if np.issubdtype(labels.dtype, np.integer):
-        return labels.astype(np.int64, copy=False)
-    if np.issubdtype(labels.dtype, np.floating):
-        finite = np.isfinite(labels)
-        if not finite.all():
-            raise InputValidationError(f"{name}: {int((~finite).sum())} non-finite values (NaN or inf)")
-        if not np.all(labels == np.round(labels)):
-            raise InputValidationError(f"{name} must be integer class indices; got non-integer floats")
-        return labels.astype(np.int64)
-    raise InputValidationError(f"{name} must be integer class indices, got dtype {labels.dtype}")
-
 
 def _check_finite(arr: np.ndarray, name: str) -> None:
     bad = ~np.isfinite(arr)
@@ -256,6 +110,15 @@ class AttackInputs:
         return getattr(self, f"{kind}_members"), getattr(self, f"{kind}_nonmembers")
 
     def _validate(self) -> None:
+        """Checks and normalises the arrays; InputValidationError names the first problem."""
+        self._check_pairs()
+        for side in SIDES:
+            self._normalise_side(side)
+        self._check_shapes()
+        self._check_label_range()
+
+    def _check_pairs(self) -> None:
+        """Each kind of array is given for both sides or neither; logits or probs, not both."""
         for kind in ("logits", "probs", "labels", "loss", "entropy", "sample_weight", "example_ids",
                      "features"):
             m, n = self._pair(kind)
@@ -266,44 +129,47 @@ class AttackInputs:
         if self.logits_members is not None and self.probs_members is not None:
             raise InputValidationError("give logits or probs, not both")
 
-        for side in SIDES:
-            for kind in ("logits", "probs"):
-                name = f"{kind}_{side}"
-                arr = _float_array(getattr(self, name), name)
-                if arr is not None:
-                    if arr.ndim == 2 and arr.shape[1] == 1:
-                        arr = arr[:, 0]
-                    if arr.ndim not in (1, 2) or (arr.ndim == 2 and arr.shape[1] < 2):
-                        raise InputValidationError(
-                            f"{name} must have shape [N, C] (C >= 2) or [N], got {arr.shape}")
-                    if kind == "probs" and ((arr < 0).any() or (arr > 1).any()):
-                        bad = int(((arr < 0) | (arr > 1)).sum())
-                        raise InputValidationError(f"{name}: {bad} values outside [0, 1]")
-                setattr(self, name, arr)
-            for kind in ("loss", "entropy", "sample_weight"):
-                name = f"{kind}_{side}"
-                setattr(self, name, _vector(getattr(self, name), name))
-            w = getattr(self, f"sample_weight_{side}")
-            if w is not None and (w < 0).any():
-                raise InputValidationError(f"sample_weight_{side}: {int((w < 0).sum())} negative weights")
-            labels = getattr(self, f"labels_{side}")
-            if labels is not None:
-                labels = np.asarray(labels)
-                if labels.ndim != 1:
-                    raise InputValidationError(f"labels_{side} must have shape [N], got {labels.shape}")
-                setattr(self, f"labels_{side}", _integer_labels(labels, f"labels_{side}"))
-            ids = getattr(self, f"example_ids_{side}")
-            if ids is not None:
-                ids = np.asarray(ids)
-                if ids.ndim != 1:
-                    raise InputValidationError(f"example_ids_{side} must have shape [N], got {ids.shape}")
-                setattr(self, f"example_ids_{side}", ids)
-            feats = getattr(self, f"features_{side}")
-            if feats is not None:
-                if not isinstance(feats, Mapping):
-                    raise InputValidationError(f"features_{side} must be a dict name -> [N] array")
-                setattr(self, f"features_{side}", {str(k): np.asarray(v) for k, v in feats.items()})
+    def _normalise_side(self, side: str) -> None:
+        """One side's arrays as numpy arrays of the expected dtype and rank."""
+        for kind in ("logits", "probs"):
+            name = f"{kind}_{side}"
+            arr = _float_array(getattr(self, name), name)
+            if arr is not None:
+                if arr.ndim == 2 and arr.shape[1] == 1:
+                    arr = arr[:, 0]
+                if arr.ndim not in (1, 2) or (arr.ndim == 2 and arr.shape[1] < 2):
+                    raise InputValidationError(
+                        f"{name} must have shape [N, C] (C >= 2) or [N], got {arr.shape}")
+                if kind == "probs" and ((arr < 0).any() or (arr > 1).any()):
+                    bad = int(((arr < 0) | (arr > 1)).sum())
+                    raise InputValidationError(f"{name}: {bad} values outside [0, 1]")
+            setattr(self, name, arr)
+        for kind in ("loss", "entropy", "sample_weight"):
+            name = f"{kind}_{side}"
+            setattr(self, name, _vector(getattr(self, name), name))
+        w = getattr(self, f"sample_weight_{side}")
+        if w is not None and (w < 0).any():
+            raise InputValidationError(f"sample_weight_{side}: {int((w < 0).sum())} negative weights")
+        labels = getattr(self, f"labels_{side}")
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.ndim != 1:
+                raise InputValidationError(f"labels_{side} must have shape [N], got {labels.shape}")
+            setattr(self, f"labels_{side}", integer_labels(labels, f"labels_{side}"))
+        ids = getattr(self, f"example_ids_{side}")
+        if ids is not None:
+            ids = np.asarray(ids)
+            if ids.ndim != 1:
+                raise InputValidationError(f"example_ids_{side} must have shape [N], got {ids.shape}")
+            setattr(self, f"example_ids_{side}", ids)
+        feats = getattr(self, f"features_{side}")
+        if feats is not None:
+            if not isinstance(feats, Mapping):
+                raise InputValidationError(f"features_{side} must be a dict name -> [N] array")
+            setattr(self, f"features_{side}", {str(k): np.asarray(v) for k, v in feats.items()})
 
+    def _check_shapes(self) -> None:
+        """Both sides' outputs have the same classes; every per-example array on a side has the same length."""
         outputs_m, outputs_n = self.outputs_members, self.outputs_nonmembers
         if outputs_m is not None:
             cm = 2 if outputs_m.ndim == 1 else outputs_m.shape[1]
@@ -345,6 +211,9 @@ class AttackInputs:
             raise InputValidationError(
                 f"features_members and features_nonmembers have different keys: {sorted(fm)} vs {sorted(fn)}")
 
+    def _check_label_range(self) -> None:
+        """Labels within the outputs' classes (or at least non-negative without outputs)."""
+        outputs_m = self.outputs_members
         if self.labels_members is not None and outputs_m is not None:
             c = self.num_classes
             for side in SIDES:
@@ -473,7 +342,7 @@ class AttackInputs:
             if labels is None:
                 return prediction_entropy(self.log_probs(side))
             if getattr(self, f"logits_{side}") is not None:
-                return _modified_entropy_from_log_probs(self.log_probs(side), labels)
+                return modified_entropy_from_log_probs(self.log_probs(side), labels)
             return modified_entropy(getattr(self, f"probs_{side}"), labels)
         return self._cached(f"entropy_{side}", compute)
 
@@ -629,19 +498,19 @@ class AttackInputs:
             n_valid = int(valid.sum())
             if n_valid and not valid[:n_valid].all():
                 raise InputValidationError(f"{path}: column {name} has nulls before its last value")
-            arrays[name] = _arrow_to_numpy(col.slice(0, n_valid), name, path)
+            arrays[name] = arrow_to_numpy(col.slice(0, n_valid), name, path)
         return cls.from_arrays(arrays, source=path)
 
     @classmethod
     def _from_long_table(cls, table, path: str) -> "AttackInputs":
         names = table.column_names
         if "is_member" in names:
-            member_col = _arrow_to_numpy(table.column("is_member").combine_chunks(), "is_member", path)
+            member_col = arrow_to_numpy(table.column("is_member").combine_chunks(), "is_member", path)
             if member_col.dtype.kind in "OUS":
                 raise InputValidationError(f"{path}: is_member must be bool or 0/1")
             is_member = member_col.astype(bool)
         else:
-            split = _arrow_to_numpy(table.column("split").combine_chunks(), "split", path).astype(str)
+            split = arrow_to_numpy(table.column("split").combine_chunks(), "split", path).astype(str)
             bad = ~np.isin(split, ["train", "test"])
             if bad.any():
                 raise InputValidationError(
@@ -654,7 +523,7 @@ class AttackInputs:
         for name in names:
             if name in ("is_member", "split"):
                 continue
-            values = _arrow_to_numpy(table.column(name).combine_chunks(), name, path)
+            values = arrow_to_numpy(table.column(name).combine_chunks(), name, path)
             base = aliases.get(name, f"feature_{name}")
             arrays[f"{base}_train"] = values[is_member]
             arrays[f"{base}_test"] = values[~is_member]
@@ -674,7 +543,7 @@ def _file_names(message: str) -> str:
     return message
 
 
-def _arrow_to_numpy(col, name: str, path: str) -> np.ndarray:
+def arrow_to_numpy(col, name: str, path: str) -> np.ndarray:
     import pyarrow as pa
 
     if col.null_count:

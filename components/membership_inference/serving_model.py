@@ -24,14 +24,13 @@ No TFX import here (``tensorflow_transform`` only when a transform graph is give
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 OUTPUT_KINDS = ("auto", "logits", "probabilities")
-SERVING_DIR = "Format-Serving"
+from privacy_audit.components.common.layout import SERVING_DIR  # noqa: E402
 #: Rows of probabilities must sum to 1 within this (float32 softmax rounding is ~1e-7).
 PROBABILITY_TOLERANCE = 1e-4
 TRANSFORM_MODES = ("none", "inside", "before")
@@ -301,32 +300,32 @@ class ExampleColumns:
 def example_columns(serialized: Sequence[bytes], label_key: str,
                     feature_keys: Sequence[str] = ()) -> ExampleColumns:
     """Labels, ids and ``feature_keys`` of serialized tf.Examples (any feature types: the model reads the
-    examples itself). ValueError naming the label key when an example has no integer label."""
+    examples itself), decoded as columns (``examples._decode``). ValueError naming the label key when an
+    example has no integer label."""
     import tensorflow as tf
 
-    y = np.zeros(len(serialized), np.int64)
-    hashes: List[str] = []
-    feats: Dict[str, list] = {k: [] for k in feature_keys}
-    for i, s in enumerate(serialized):
-        ex = tf.train.Example.FromString(s)
-        hashes.append(hashlib.sha1(ex.SerializeToString(deterministic=True)).hexdigest())
-        fmap = ex.features.feature
+    from privacy_audit.components.common import examples as examples_lib
+
+    keys = list(dict.fromkeys([label_key, *feature_keys]))
+    dec = examples_lib._decode(serialized, keys)
+    lab = dec.columns.get(label_key)
+    n = len(serialized)
+    if lab is None or lab.kind != "int64_list":
+        bad = np.ones(n, bool)
+    else:
+        bad = np.zeros(n, bool) if lab.lengths is None else lab.lengths != 1
+    if n and bad.any():
+        i = int(np.argmax(bad))
+        fmap = tf.train.Example.FromString(serialized[i]).features.feature
         if label_key not in fmap:
             raise ValueError(f"label key {label_key!r} is not a feature of example {i} "
                              f"(features: {sorted(fmap.keys())[:20]})")
-        lab = fmap[label_key]
-        kind = lab.WhichOneof("kind")
-        if kind != "int64_list" or len(lab.int64_list.value) != 1:
-            raise ValueError(f"label key {label_key!r} must hold one integer class id per example; example {i} "
-                             f"has {kind or 'no value'}")
-        y[i] = lab.int64_list.value[0]
-        for k in feature_keys:
-            f = fmap.get(k)
-            vals = list(getattr(f, f.WhichOneof("kind")).value) if f is not None and f.WhichOneof("kind") else []
-            v = vals[0] if vals else None
-            feats[k].append(v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
-    return ExampleColumns(y=y, example_hashes=hashes,
-                          features={k: np.asarray(v, dtype=object) for k, v in feats.items()})
+        raise ValueError(f"label key {label_key!r} must hold one integer class id per example; example {i} "
+                         f"has {fmap[label_key].WhichOneof('kind') or 'no value'}")
+    y = lab.values.astype(np.int64, copy=False) if n else np.zeros(0, np.int64)
+    features = {k: dec.columns[k].first_values() if k in dec.columns else np.full(n, None, dtype=object)
+                for k in feature_keys}
+    return ExampleColumns(y=y, example_hashes=dec.hashes, features=features)
 
 
 # ---------------------------------------------------------------------------------------------------------

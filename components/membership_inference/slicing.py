@@ -12,11 +12,16 @@ Imports numpy only.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+import json
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from privacy_audit.components.membership_inference.data import AttackInputs
+from privacy_audit.components.membership_inference.records import FEATURE_PREFIX, n_rows
+
+if TYPE_CHECKING:  # pragma: no cover
+    from privacy_audit.components.membership_inference.combiners import ScoreHistogram
 
 DEFAULT_MIN_SLICE_SIZE = 20
 #: Slicing by a feature with more distinct values than this is refused (reported as skipped).
@@ -113,7 +118,7 @@ def slice_name(spec: Mapping[str, Any]) -> str:
     return f"{spec.get('feature')}={value}"
 
 
-def _to_json_value(v: Any) -> Any:
+def json_value(v: Any) -> Any:
     if isinstance(v, (bytes, np.bytes_)):
         return bytes(v).decode("utf-8", errors="replace")
     if isinstance(v, (np.bool_, bool)):
@@ -148,6 +153,59 @@ def _percentile_bins(loss_m: np.ndarray, loss_n: np.ndarray) -> Tuple[np.ndarray
     return (np.searchsorted(inner, loss_m, side="right"), np.searchsorted(inner, loss_n, side="right"))
 
 
+def slice_candidates(spec: SlicingSpec, *, n_classes: int, feature_values: Mapping[str, Any],
+                     max_feature_values: int, n_members: int, n_nonmembers: int
+                     ) -> Tuple[List[Tuple[Dict[str, Any], str, Any]], List[Dict[str, Any]]]:
+    """Which slices ``spec`` asks for, in the order results list them: the one place that decides it, for the
+    in-memory path (:func:`make_slices`) and the Beam path (``assemble.assemble_results``).
+
+    Args:
+      n_classes: classes of ``by_class=True`` (0..n_classes-1); a list in ``spec.by_class`` is used as given.
+      feature_values: per slicing feature key, its distinct raw values (sorted), or the number of distinct
+        values (an int) / None (unknown number) when there are more than ``max_feature_values``.
+      n_members, n_nonmembers: for the skipped-feature entries.
+    Returns ``(candidates, skipped)``: ``candidates`` are ``(slice description, kind, raw value)`` with kind
+    ``all`` | ``class`` | ``decile`` | ``correct`` | ``feature:<key>``; ``skipped`` the feature keys with too
+    many values.
+    """
+    out: List[Tuple[Dict[str, Any], str, Any]] = []
+    skipped: List[Dict[str, Any]] = []
+    if spec.entire_dataset:
+        out.append(({"feature": "entire_dataset"}, "all", None))
+    if spec.by_class is not False and spec.by_class is not None:
+        classes = range(n_classes) if isinstance(spec.by_class, bool) else [int(c) for c in spec.by_class]
+        out.extend(({"feature": "class", "value": int(c)}, "class", int(c)) for c in classes)
+    if spec.by_percentiles:
+        out.extend(({"feature": "loss_percentile", "value": f"{10 * k}-{10 * k + 10}"}, "decile", k)
+                   for k in range(10))
+    if spec.by_classification_correctness:
+        out.extend(({"feature": "correctly_classified", "value": v}, "correct", v) for v in (True, False))
+    for key in spec.feature_keys:
+        values = feature_values.get(key)
+        if values is None or isinstance(values, (int, np.integer)):
+            reason = (f"feature has more than {max_feature_values} distinct values" if values is None else
+                      f"feature has {int(values)} distinct values (more than {max_feature_values})")
+            skipped.append({"slice": {"feature": key}, "n_members": int(n_members), "n_nonmembers": int(n_nonmembers),
+                            "reason": reason})
+            continue
+        out.extend(({"feature": key, "value": json_value(v)}, f"feature:{key}", v) for v in values)
+    return out, skipped
+
+
+def too_small(desc: Mapping[str, Any], n_members: int, n_nonmembers: int, min_slice_size: int
+              ) -> Optional[Dict[str, Any]]:
+    """The skipped-slice entry of a slice with fewer than ``min_slice_size`` members or non-members, else None."""
+    if n_members >= min_slice_size and n_nonmembers >= min_slice_size:
+        return None
+    short = []
+    if n_members < min_slice_size:
+        short.append(f"{n_members} members")
+    if n_nonmembers < min_slice_size:
+        short.append(f"{n_nonmembers} non-members")
+    return {"slice": dict(desc), "n_members": int(n_members), "n_nonmembers": int(n_nonmembers),
+            "reason": f"only {' and '.join(short)} (min_slice_size={min_slice_size})"}
+
+
 def make_slices(inputs: AttackInputs, spec: Optional[SlicingSpec] = None, *,
                 min_slice_size: int = DEFAULT_MIN_SLICE_SIZE,
                 max_feature_values: int = DEFAULT_MAX_FEATURE_VALUES
@@ -164,71 +222,112 @@ def make_slices(inputs: AttackInputs, spec: Optional[SlicingSpec] = None, *,
     if min_slice_size < 1:
         raise ValueError(f"min_slice_size must be >= 1, got {min_slice_size}")
     nm, nn = inputs.n_members, inputs.n_nonmembers
-    candidates: List[Tuple[Dict[str, Any], np.ndarray, np.ndarray]] = []
-    skipped: List[Dict[str, Any]] = []
-
-    if spec.entire_dataset:
-        candidates.append(({"feature": "entire_dataset"}, np.arange(nm), np.arange(nn)))
-
+    if spec.by_class is not False and spec.by_class is not None and not inputs.has_labels:
+        raise ValueError("slicing by class needs labels (labels_train / labels_test)")
+    sides: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}  # kind -> per-side values the slice selects on
     if spec.by_class is not False and spec.by_class is not None:
-        if not inputs.has_labels:
-            raise ValueError("slicing by class needs labels (labels_train / labels_test)")
-        lm, ln = inputs.labels("members"), inputs.labels("nonmembers")
-        if isinstance(spec.by_class, bool):
-            classes: Iterable[int] = range(inputs.num_classes or 0)
-        else:
-            classes = [int(c) for c in spec.by_class]
-        for c in classes:
-            candidates.append(({"feature": "class", "value": int(c)},
-                               np.flatnonzero(lm == c), np.flatnonzero(ln == c)))
-
+        sides["class"] = (inputs.labels("members"), inputs.labels("nonmembers"))
     if spec.by_percentiles:
-        bm, bn = _percentile_bins(inputs.loss("members"), inputs.loss("nonmembers"))
-        for k in range(10):
-            candidates.append(({"feature": "loss_percentile", "value": f"{10 * k}-{10 * k + 10}"},
-                               np.flatnonzero(bm == k), np.flatnonzero(bn == k)))
-
+        sides["decile"] = _percentile_bins(inputs.loss("members"), inputs.loss("nonmembers"))
     if spec.by_classification_correctness:
         pm, pn = inputs.predictions("members"), inputs.predictions("nonmembers")
         if pm is None or not inputs.has_labels:
             raise ValueError("slicing by classification correctness needs logits or probs and labels")
-        cm = pm == inputs.labels("members")
-        cn = pn == inputs.labels("nonmembers")
-        for value in (True, False):
-            candidates.append(({"feature": "correctly_classified", "value": value},
-                               np.flatnonzero(cm == value), np.flatnonzero(cn == value)))
-
+        sides["correct"] = (pm == inputs.labels("members"), pn == inputs.labels("nonmembers"))
+    feature_values: Dict[str, Any] = {}
     for key in spec.feature_keys:
         fm, fn = inputs.features("members"), inputs.features("nonmembers")
         if key not in fm:
             raise ValueError(f"slicing by feature {key!r}: no such per-example feature "
                              f"(available: {sorted(fm) or 'none'})")
-        vm, vn = fm[key], fn[key]
-        values = np.unique(np.concatenate([vm, vn]))
-        if values.size > max_feature_values:
-            skipped.append({"slice": {"feature": key}, "n_members": nm, "n_nonmembers": nn,
-                            "reason": f"feature has {values.size} distinct values (more than "
-                                      f"{max_feature_values})"})
-            continue
-        for v in values:
-            candidates.append(({"feature": key, "value": _to_json_value(v)},
-                               np.flatnonzero(vm == v), np.flatnonzero(vn == v)))
-
+        values = np.unique(np.concatenate([fm[key], fn[key]]))
+        feature_values[key] = values if values.size <= max_feature_values else int(values.size)
+        sides[f"feature:{key}"] = (fm[key], fn[key])
+    candidates, skipped = slice_candidates(spec, n_classes=inputs.num_classes or 0, feature_values=feature_values,
+                                           max_feature_values=max_feature_values, n_members=nm, n_nonmembers=nn)
+    selected: List[Tuple[Dict[str, Any], np.ndarray, np.ndarray]] = []
+    for desc, kind, raw in candidates:
+        if kind == "all":
+            selected.append((desc, np.arange(nm), np.arange(nn)))
+        else:
+            vm, vn = sides[kind]
+            selected.append((desc, np.flatnonzero(vm == raw), np.flatnonzero(vn == raw)))
     for name, (sel_m, sel_n) in (spec.custom or {}).items():
-        candidates.append(({"feature": "custom", "value": str(name)},
-                           _indices(sel_m, nm, f"custom slice {name!r} members"),
-                           _indices(sel_n, nn, f"custom slice {name!r} non-members")))
+        selected.append(({"feature": "custom", "value": str(name)},
+                         _indices(sel_m, nm, f"custom slice {name!r} members"),
+                         _indices(sel_n, nn, f"custom slice {name!r} non-members")))
 
     slices: List[Slice] = []
-    for desc, im, inn in candidates:
-        if im.size < min_slice_size or inn.size < min_slice_size:
-            short = []
-            if im.size < min_slice_size:
-                short.append(f"{im.size} members")
-            if inn.size < min_slice_size:
-                short.append(f"{inn.size} non-members")
-            skipped.append({"slice": desc, "n_members": int(im.size), "n_nonmembers": int(inn.size),
-                            "reason": f"only {' and '.join(short)} (min_slice_size={min_slice_size})"})
+    for desc, im, inn in selected:
+        small = too_small(desc, int(im.size), int(inn.size), min_slice_size)
+        if small is not None:
+            skipped.append(small)
             continue
         slices.append(Slice(desc, im.astype(np.int64, copy=False), inn.astype(np.int64, copy=False)))
     return slices, skipped
+
+
+# Slices of record batches (the Beam path; the same slices as make_slices)
+
+def slice_key(spec: Mapping[str, Any]) -> str:
+    """The canonical JSON text of a slice description (a hashable, deterministic Beam key)."""
+    return json.dumps(dict(spec), sort_keys=True)
+
+
+def decile_edges(hist: "ScoreHistogram") -> np.ndarray:
+    """The 11 loss decile edges ``np.percentile(pooled_losses, [0, 10, ..., 100])`` from a histogram of the
+    pooled losses (``scores_desc`` = distinct losses). Exact (bit for bit) when the histogram is exact and
+    holds at most 5e7 examples; otherwise from the order statistics (bin representatives when binned)."""
+    values = hist.scores_desc[::-1]
+    counts = (hist.member_counts + hist.nonmember_counts)[::-1]
+    total = int(counts.sum())
+    q = np.arange(0, 101, 10)
+    if total <= 50_000_000:
+        return np.percentile(np.repeat(values, counts), q)
+    cum = np.cumsum(counts)
+    h = (total - 1) * (q / 100.0)
+    lo = np.floor(h).astype(np.int64)
+    hi = np.minimum(lo + 1, total - 1)
+    a = values[np.searchsorted(cum, lo, side="right")]
+    b = values[np.searchsorted(cum, hi, side="right")]
+    return a + (h - lo) * (b - a)
+
+
+def batch_slices(batch: Mapping[str, np.ndarray], spec: SlicingSpec, plan: Optional[Mapping[str, Any]]
+                 ) -> Iterator[Tuple[Dict[str, Any], Optional[np.ndarray]]]:
+    """The slices present in a batch: ``(slice description, row mask or None for all rows)``, as
+    :func:`slicing.make_slices` defines them."""
+    n = n_rows(batch)
+    if n == 0:
+        return
+    if spec.entire_dataset:
+        yield {"feature": "entire_dataset"}, None
+    if spec.by_class is not False and spec.by_class is not None:
+        if "label" not in batch:
+            raise ValueError("slicing by class needs labels (labels_train / labels_test)")
+        labels = batch["label"]
+        present = np.unique(labels)
+        if not isinstance(spec.by_class, bool):
+            present = [c for c in present if int(c) in {int(x) for x in spec.by_class}]
+        for c in present:
+            yield {"feature": "class", "value": int(c)}, labels == c
+    if spec.by_percentiles and "xent" in batch:
+        edges = np.asarray(plan["loss_edges"])
+        bins = np.searchsorted(edges[1:-1], batch["xent"], side="right")
+        for k in np.unique(bins):
+            yield {"feature": "loss_percentile", "value": f"{10 * k}-{10 * k + 10}"}, bins == k
+    if spec.by_classification_correctness:
+        if "correct" not in batch:
+            raise ValueError("slicing by classification correctness needs logits or probs and labels")
+        for value in (True, False):
+            mask = batch["correct"] == value
+            if mask.any():
+                yield {"feature": "correctly_classified", "value": value}, mask
+    for key in spec.feature_keys:
+        if plan is None or plan["feature_values"].get(key) is None:
+            continue  # too many distinct values: reported as skipped
+        values = batch[FEATURE_PREFIX + key]
+        for v in np.unique(values):
+            yield {"feature": key, "value": json_value(v)}, values == v
+
+

@@ -26,11 +26,8 @@ from privacy_audit.components.privacy_report.html_report import write_report
 from privacy_audit.components.privacy_report.load import ReportInputError
 from privacy_audit.components.privacy_report.summary import text_summary
 
-INDEX_FILE = "index.json"
-RESULTS_DIR = "results"
-LEDGER_FILE = "ledger.json"
-ONE_RUN_AUDIT_FILE = "one_run_audit.json"  # privacy_audit.components.dp_trainer.trainer.ONE_RUN_AUDIT_FILE
-BLESSING_FILE = "blessing.json"
+from privacy_audit.components.common.layout import (  # noqa: E402
+    BLESSING_FILE, LEDGER_FILE, ONE_RUN_AUDIT_FILE, RESULTS_DIR, RESULTS_INDEX as INDEX_FILE)
 
 
 def _join(uri: str, *parts: str) -> str:

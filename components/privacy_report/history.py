@@ -32,7 +32,7 @@ from privacy_audit.components.privacy_report.summary import trend_entries
 logger = logging.getLogger(__name__)
 
 HISTORY_SCHEMA_VERSION = 1
-HISTORY_DIR = "audit_history"
+from privacy_audit.components.common.layout import HISTORY_DIR  # noqa: E402
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 

@@ -46,8 +46,7 @@ from privacy_audit.components.privacy_report.summary import (
     resolved_tpr,
 )
 
-REPORT_FILE = "report.html"
-SUMMARY_FILE = "summary.json"
+from privacy_audit.components.common.layout import REPORT_FILE, SUMMARY_FILE  # noqa: E402,F401
 # Every PNG the report can write; a stale one from an earlier run is removed after a new report.
 PLOT_NAMES = ("epsilon_comparison", "epoch_plot", "privacy_vs_accuracy", "roc_curves", "slice_heatmap", "trend")
 

@@ -328,7 +328,10 @@ def read_results(source: PathOrDict | ResultsFile, name: str | None = None) -> R
 def read_ledger(source: PathOrDict | Ledger, name: str | None = None) -> Ledger:
     """Read and validate a privacy ledger (CONTRACTS.md "Privacy ledger JSON").
 
-    The final ε is the ledger's top-level "epsilon" (null = infinite, i.e. non-private training).
+    The final ε is derived from the ledger's DP events by `accounting.epsilon_of_ledger` (the one function every
+    reader of a ledger uses); the top-level "epsilon" the trainer writes beside them is required by the schema
+    but not read back as a source, except from a ledger that records no events (written by hand or by another
+    tool), where it is all there is. None = infinite (non-private training, or no noise).
     `name` says where a parsed dict came from, for error messages.
     """
     if isinstance(source, Ledger):
@@ -348,11 +351,13 @@ def read_ledger(source: PathOrDict | Ledger, name: str | None = None) -> Ledger:
     if "epsilon" not in data:
         raise ReportInputError(name, "epsilon", "missing (null is allowed for non-private training)")
     epsilon = _number(data, "epsilon", name, "epsilon", required=False, lo=0.0, allow_inf=True)
-    if epsilon is not None and math.isinf(epsilon):
-        epsilon = None
     delta = _number(data, "delta", name, "delta", required=False, lo=0.0, hi=1.0)
     if private and delta is None:
         raise ReportInputError(name, "delta", "is null but the ledger says private=true")
+    if data.get("events"):
+        epsilon = _epsilon_of_events(data, name)
+    if epsilon is not None and math.isinf(epsilon):
+        epsilon = None
     accountant = data.get("accountant")
     return Ledger(
         source=name,
@@ -365,6 +370,22 @@ def read_ledger(source: PathOrDict | Ledger, name: str | None = None) -> Ledger:
         epochs=tuple(dict(e) for e in epochs),
         raw=data,
     )
+
+
+def _epsilon_of_events(data: Mapping[str, Any], name: str) -> float | None:
+    from privacy_audit.components.dp_trainer import accounting
+
+    events = data["events"]
+    if not isinstance(events, list) or not all(isinstance(e, Mapping) for e in events):
+        raise ReportInputError(name, "events", "must be a list of objects")
+    for i, e in enumerate(events):
+        _number(e, "sampling_probability", name, f"events[{i}].sampling_probability", lo=0.0, hi=1.0)
+        _number(e, "noise_multiplier", name, f"events[{i}].noise_multiplier", lo=0.0)
+        _integer(e, "steps", name, f"events[{i}].steps", required=True)
+    try:
+        return accounting.epsilon_of_ledger(data)
+    except (ValueError, TypeError, ArithmeticError) as e:
+        raise ReportInputError(name, "events", f"no ε can be derived from them: {e}") from None
 
 
 def read_one_run_audit(source: PathOrDict, name: str | None = None) -> dict[str, Any]:

@@ -14,8 +14,9 @@ exceeds the no-leakage band after Holm's correction over all slices x attacks ("
 families, see :func:`significance`). "dp_consistent" (private variants; null otherwise) is false when a
 measured point lies outside the region the accountant's privacy profile allows (dp_region), an empirical
 ε lower bound exceeds the accountant's ε, or the one-run audit failed; "dp_consistency" says why.
-"gate_configured" is false when the evaluator had no threshold and no one-run audit ran. epsilon and
-delta are the ledger's final values (epsilon null = non-private, i.e. infinite). blessed is the
+"gate_configured" is false when the evaluator had no threshold and no one-run audit ran. epsilon is
+derived from the ledger's DP events (load.read_ledger: accounting.epsilon_of_ledger) and delta is the ledger's
+(epsilon null = non-private, i.e. infinite). blessed is the
 evaluator's gate result when a blessing is given, else true (no gate was set: nothing failed).
 one_run_audit_epsilon_lower_bound is the one-run privacy audit's ε lower bound (at
 one_run_audit.confidence) beside the accountant's ε, null when no audit ran; "max_tpr_at_fpr_0.01" is
@@ -76,7 +77,7 @@ def variant_summary(
                 final.epsilon, epsilon, rel_tol=_EPSILON_TOLERANCE):
             warnings.append(
                 f"variant {variant.name!r}: attack results metadata.epsilon={final.epsilon!r} differs from the "
-                f"ledger's final epsilon={epsilon!r}; the report uses the ledger's")
+                f"ledger's final epsilon={epsilon!r}; the report uses the ledger's")  # derived from its events
     else:
         epsilon = _finite_or_none(final.epsilon)
         private = epsilon is not None

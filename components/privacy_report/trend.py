@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 REPORT_TYPE_NAME = "privacy_audit.PrivacyReport"
 PIPELINE_CONTEXT_TYPE = "pipeline"
 PIPELINE_RUN_CONTEXT_TYPE = "pipeline_run"
-SUMMARY_FILE = "summary.json"
+from privacy_audit.components.common.layout import SUMMARY_FILE  # noqa: E402
 
 
 def _open_store(store_or_config: Any):

@@ -1,5 +1,5 @@
 """ReferenceModelTrainer: the TFX component (spec and channel wiring only; the work is in
-components/membership_inference/reference_models.py, ``train_for_trainer_recipe``)."""
+components/reference_models/training.py, ``train_for_trainer_recipe``)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,14 @@ from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from privacy_audit.components.common.runtime_values import as_property, compile_time_value
-from privacy_audit.components.dp_trainer.component import DPTrainerSpec
+from privacy_audit.components.common.recipe import RUNTIME_OVERRIDES
+from privacy_audit.components.dp_trainer.component import DPTrainerSpec, recipe_and_overrides
 from privacy_audit.components.reference_models import executor
+
+
+#: The DPTrainer's execution properties a ReferenceModelTrainer copies (for_trainer): the recipe JSON as it is, its
+#: run-time overrides (Kubeflow parameters), the data it reads and the module file's hash (a cache key).
+TARGET_PARAMETERS = ("recipe", *RUNTIME_OVERRIDES, "label_key", "feature_keys", "module_file_sha256")
 
 
 class ReferenceModels(types.Artifact):
@@ -24,12 +29,6 @@ class ReferenceModels(types.Artifact):
     and ``<uri>/reference_info.json`` (the training record). Custom properties k, n_examples, seed."""
 
     TYPE_NAME = "privacy_audit.ReferenceModels"
-
-
-# The DPTrainer parameters that make the training recipe (everything but the variant's bookkeeping).
-RECIPE_PARAMETERS = ("label_key", "feature_keys", "epochs", "batch_size", "learning_rate", "optimizer", "private",
-                     "l2_norm_clip", "noise_multiplier", "target_epsilon", "delta", "sampling", "accountant",
-                     "module_file", "module_file_sha256", "model_fn", "builtin_model", "hparams")
 
 
 class ReferenceModelTrainerSpec(types.ComponentSpec):
@@ -43,9 +42,9 @@ class ReferenceModelTrainerSpec(types.ComponentSpec):
         "init": ExecutionParameter(type=str),
         "fraction": ExecutionParameter(type=float, optional=True),  # None: the target's share
         "n_jobs": ExecutionParameter(type=int),
-        # The target's recipe: the DPTrainer's own parameters (its seed as target_seed).
-        "target_seed": ExecutionParameter(type=int),
-        **{name: DPTrainerSpec.PARAMETERS[name] for name in RECIPE_PARAMETERS},
+        # The target's recipe, the DPTrainer's own execution properties as they are: its recipe JSON, the run-time
+        # overrides of it, the data it reads and its module's hash.
+        **{name: DPTrainerSpec.PARAMETERS[name] for name in TARGET_PARAMETERS},
         # A standard TFX Trainer's recipe instead (for_tfx_trainer): its user module's run_fn and arguments.
         "trainer_module_file": ExecutionParameter(type=str, optional=True),
         "trainer_run_fn": ExecutionParameter(type=str, optional=True),
@@ -104,15 +103,11 @@ class ReferenceModelTrainer(base_component.BaseComponent):
 
     def __init__(self, examples: types.BaseChannel, *, label_key: str, k: int = 4, seed: int = 0,
                  init: str = "target", fraction: Optional[float] = None, n_jobs: int = 1,
-                 model_variant: str = "model", members_split: str = "train", nonmembers_split: str = "eval", target_seed: int = 0, epochs: int = 20, batch_size: int = 64,
-                 learning_rate: float = 1e-3, optimizer: str = "adam", private: bool = True,
-                 l2_norm_clip: float = 1.0, noise_multiplier: Optional[float] = None,
-                 target_epsilon: Optional[float] = None, delta: Optional[float] = None, sampling: str = "poisson",
-                 accountant: str = "rdp", feature_keys: Optional[List[str]] = None,
-                 module_file: Optional[str] = None, module_file_sha256: Optional[str] = None,
-                 model_fn: str = "build_keras_model", builtin_model: str = "auto",
-                 hparams: Optional[Dict[str, Any]] = None, transform_graph: Optional[types.BaseChannel] = None,
-                 schema: Optional[types.BaseChannel] = None, tfx_trainer: Optional[Dict[str, Any]] = None):
+                 model_variant: str = "model", members_split: str = "train", nonmembers_split: str = "eval",
+                 recipe: Any = None, feature_keys: Optional[List[str]] = None,
+                 module_file_sha256: Optional[str] = None, transform_graph: Optional[types.BaseChannel] = None,
+                 schema: Optional[types.BaseChannel] = None, tfx_trainer: Optional[Dict[str, Any]] = None,
+                 **recipe_fields: Any):
         """Args:
           examples: Examples with the members' and non-members' splits (the population).
           label_key, feature_keys: as the DPTrainer's.
@@ -124,13 +119,13 @@ class ReferenceModelTrainer(base_component.BaseComponent):
             one per CPU core (see the class doc).
           model_variant: the audited variant's name (recorded).
           members_split, nonmembers_split: split names of the target's members and non-members.
-          target_seed ... hparams: the target's recipe, the DPTrainer's parameters (``target_seed`` is its
-            ``seed``); use :meth:`for_trainer` to copy them.
+          recipe, **recipe_fields, module_file_sha256: the target's TrainingRecipe (or its JSON) with fields on
+            top, as the DPTrainer takes them (``epochs`` / ``target_epsilon`` may be its Kubeflow run-time
+            parameters); use :meth:`for_trainer` to copy a DPTrainer's.
           transform_graph, schema, tfx_trainer: a standard TFX Trainer's recipe instead; use
             :meth:`for_tfx_trainer`.
         """
-        from privacy_audit.components.dp_trainer.trainer import DPTrainingConfig
-        from privacy_audit.components.membership_inference.reference_models import INIT_MODES
+        from privacy_audit.components.reference_models.design import INIT_MODES
 
         if isinstance(k, bool) or not isinstance(k, int) or k < 2:
             raise ValueError(f"k (the number of reference models) must be an integer >= 2, got {k!r}")
@@ -142,30 +137,16 @@ class ReferenceModelTrainer(base_component.BaseComponent):
             raise ValueError(f"fraction must be in (0, 1), got {fraction}")
         if members_split == nonmembers_split:
             raise ValueError(f"members_split and nonmembers_split must differ, both are {members_split!r}")
-        # epochs and target_epsilon may be the trainer's Kubeflow run-time parameters: their defaults are checked.
-        DPTrainingConfig(label_key=label_key, model_variant=model_variant, private=private,
-                         epochs=compile_time_value(epochs),
-                         batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer,
-                         l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
-                         target_epsilon=compile_time_value(target_epsilon),
-                         delta=delta, sampling=sampling, accountant=accountant, seed=target_seed).validate()
+        recipe, overrides = recipe_and_overrides(recipe, recipe_fields)
         if isinstance(feature_keys, str):
             feature_keys = json.loads(feature_keys)
-        if isinstance(hparams, str):
-            hparams = json.loads(hparams)
         spec = ReferenceModelTrainerSpec(
             examples=examples, label_key=label_key,
             feature_keys=json.dumps(list(feature_keys)) if feature_keys else None, model_variant=model_variant,
             members_split=members_split, nonmembers_split=nonmembers_split, k=int(k), seed=int(seed), init=init,
             fraction=None if fraction is None else float(fraction), n_jobs=int(n_jobs),
-            target_seed=int(target_seed), epochs=as_property(epochs, int), batch_size=int(batch_size),
-            learning_rate=float(learning_rate), optimizer=optimizer, private=int(bool(private)),
-            l2_norm_clip=float(l2_norm_clip),
-            noise_multiplier=None if noise_multiplier is None or not private else float(noise_multiplier),
-            target_epsilon=None if not private else as_property(target_epsilon, float),
-            delta=None if delta is None else float(delta), sampling=sampling, accountant=accountant,
-            module_file=module_file, module_file_sha256=module_file_sha256, model_fn=model_fn,
-            builtin_model=builtin_model, hparams=json.dumps(hparams or {}, sort_keys=True),
+            recipe=recipe.to_json(), epochs=overrides.get("epochs"), target_epsilon=overrides.get("target_epsilon"),
+            module_file_sha256=module_file_sha256,
             transform_graph=transform_graph, schema=schema, **(tfx_trainer or {}),
             reference_models=types.Channel(type=ReferenceModels))
         super().__init__(spec=spec)
@@ -207,7 +188,7 @@ class ReferenceModelTrainer(base_component.BaseComponent):
                            trainer_eval_args=_json_or_none(p.get("eval_args")),
                            trainer_custom_config=_json_or_none(p.get("custom_config")),
                            signature_name=signature_name, output_key=output_key, outputs=outputs)
-        # The DPTrainer recipe parameters keep their defaults (unused: the user's run_fn is the recipe).
+        # The TrainingRecipe keeps its defaults (unused: the user's run_fn is the recipe).
         return cls(examples, label_key=label_key, k=k, seed=seed, fraction=fraction, model_variant=model_variant,
                    members_split=members_split, nonmembers_split=nonmembers_split, private=False,
                    transform_graph=transform_graph, schema=schema, tfx_trainer=tfx_trainer)
@@ -216,14 +197,15 @@ class ReferenceModelTrainer(base_component.BaseComponent):
     def for_trainer(cls, trainer: base_component.BaseComponent, examples: types.BaseChannel, *, k: int = 4,
                     seed: int = 0, init: str = "target", fraction: Optional[float] = None, n_jobs: int = 1,
                     nonmembers_split: str = "eval") -> "ReferenceModelTrainer":
-        """The references of a DPTrainer: its recipe parameters copied from its exec properties."""
+        """The references of a DPTrainer: its recipe JSON (and run-time overrides, data keys and module hash)
+        copied from its exec properties as they are."""
         p = trainer.exec_properties
-        recipe = {name: p.get(name) for name in RECIPE_PARAMETERS}
-        recipe["private"] = bool(recipe["private"])
+        overrides = {k: p[k] for k in RUNTIME_OVERRIDES if p.get(k) is not None}
         return cls(examples, k=k, seed=seed, init=init, fraction=fraction, n_jobs=n_jobs,
                    model_variant=p["model_variant"],
                    members_split=p.get("train_split") or "train", nonmembers_split=nonmembers_split,
-                   target_seed=int(p["seed"]), **recipe)
+                   recipe=p["recipe"], label_key=p["label_key"], feature_keys=p.get("feature_keys"),
+                   module_file_sha256=p.get("module_file_sha256"), **overrides)
 
 
 def _json_or_none(value: Any) -> Optional[str]:

@@ -11,9 +11,9 @@ from tfx import types
 from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 
-from privacy_audit.components.common import io
+from privacy_audit.components.common import io, layout
 
-INFO_FILE = "reference_info.json"
+INFO_FILE = layout.REFERENCE_INFO_FILE
 
 
 class Executor(base_executor.BaseExecutor):
@@ -22,8 +22,8 @@ class Executor(base_executor.BaseExecutor):
            exec_properties: Dict[str, Any]) -> None:
         from privacy_audit.components.common.examples import load_examples, split_file_pattern
         from privacy_audit.components.dp_trainer import accounting
-        from privacy_audit.components.dp_trainer.executor import training_config
-        from privacy_audit.components.membership_inference import reference_models
+        from privacy_audit.components.common.recipe import recipe_from_exec_properties
+        from privacy_audit.components.reference_models import training
 
         examples = artifact_utils.get_single_instance(input_dict["examples"])
         out = artifact_utils.get_single_instance(output_dict["reference_models"])
@@ -35,10 +35,10 @@ class Executor(base_executor.BaseExecutor):
         # The non-members' inputs in the members' feature order (the model's input).
         nonmembers = load_examples(split_file_pattern(examples.uri, p["nonmembers_split"]), p["label_key"],
                                    members.input_features)
-        config = training_config(p, seed_key="target_seed")
+        recipe = recipe_from_exec_properties(p)  # the target's recipe with the run's overrides
         io.makedirs(out.uri)
-        refs = reference_models.train_for_trainer_recipe(
-            os.path.join(out.uri, reference_models.SIGNALS_FILE), config, x_members=members.x, y_members=members.y,
+        refs = training.train_for_trainer_recipe(
+            os.path.join(out.uri, layout.SIGNALS_FILE), recipe, model_variant=p["model_variant"], x_members=members.x, y_members=members.y,
             x_nonmembers=nonmembers.x, y_nonmembers=nonmembers.y, sha1_members=members.example_hashes,
             sha1_nonmembers=nonmembers.example_hashes, input_features=members.input_features, k=int(p["k"]),
             seed=int(p["seed"]), init=p.get("init") or "target", fraction=p.get("fraction"),
@@ -57,7 +57,7 @@ class Executor(base_executor.BaseExecutor):
         Examples), each reference read through its serving signature (reference_models.train_with_user_trainer)."""
         from privacy_audit.components.common.examples import read_serialized, split_file_pattern
         from privacy_audit.components.dp_trainer import accounting
-        from privacy_audit.components.membership_inference import reference_models
+        from privacy_audit.components.reference_models import training
         from privacy_audit.components.membership_inference.serving_model import ServingOptions, TransformGraph
 
         run_fn = user_run_fn(p["trainer_module_file"], p.get("trainer_run_fn") or "run_fn")
@@ -91,8 +91,8 @@ class Executor(base_executor.BaseExecutor):
             return fn_args.serving_model_dir
 
         io.makedirs(out.uri)
-        refs = reference_models.train_with_user_trainer(
-            os.path.join(out.uri, reference_models.SIGNALS_FILE), train_reference, members=members,
+        refs = training.train_with_user_trainer(
+            os.path.join(out.uri, layout.SIGNALS_FILE), train_reference, members=members,
             nonmembers=nonmembers, label_key=p["label_key"], work_dir=os.path.join(out.uri, ".work"),
             serving_options=options, k=int(p["k"]), seed=int(p["seed"]), fraction=p.get("fraction"),
             transform=transform, split_names=(p["members_split"], p["nonmembers_split"]),

@@ -44,11 +44,10 @@ class Conv1DRule(registry.ClippingRule):
     def applies_to(self, layer) -> bool:
         return (layer.rank == 1 and layer.data_format == "channels_last"
                 and layer.groups == 1 and layer.padding in ("same", "valid", "causal")
-                and not getattr(layer, "lora_enabled", False)
-                and not getattr(layer, "quantization_mode", None))
+                and registry.plain_weights(layer))
 
     def variables(self, layer) -> tuple:
-        return (layer._kernel,) + ((layer.bias,) if layer.use_bias else ())
+        return registry.kernel_and_bias(layer)
 
     def forward(self, layer, call, inputs, **kwargs):
         kernel = tf.convert_to_tensor(layer._kernel)

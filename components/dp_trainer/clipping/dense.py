@@ -33,11 +33,10 @@ class DenseRule(registry.ClippingRule):
     """Dense, with or without bias and activation; no LoRA, no quantisation."""
 
     def applies_to(self, layer) -> bool:
-        return (not getattr(layer, "lora_enabled", False)
-                and not getattr(layer, "quantization_mode", None))
+        return registry.plain_weights(layer)
 
     def variables(self, layer) -> tuple:
-        return (layer._kernel,) + ((layer.bias,) if layer.bias is not None else ())
+        return registry.kernel_and_bias(layer)
 
     def forward(self, layer, call, inputs, **kwargs):
         kernel = tf.convert_to_tensor(layer._kernel)

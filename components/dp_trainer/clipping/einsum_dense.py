@@ -53,11 +53,10 @@ class EinsumDenseRule(registry.ClippingRule):
     def applies_to(self, layer) -> bool:
         rank = _input_rank(layer)
         return (rank is not None and _specs(layer.equation, rank) is not None
-                and not getattr(layer, "lora_enabled", False)
-                and not getattr(layer, "quantization_mode", None))
+                and registry.plain_weights(layer))
 
     def variables(self, layer) -> tuple:
-        return (layer._kernel,) + ((layer.bias,) if layer.bias is not None else ())
+        return registry.kernel_and_bias(layer)
 
     def forward(self, layer, call, inputs, **kwargs):
         kernel = tf.convert_to_tensor(layer._kernel)

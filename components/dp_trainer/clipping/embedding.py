@@ -22,8 +22,7 @@ class EmbeddingRule(registry.ClippingRule):
     """Embedding without LoRA or quantisation (any input rank)."""
 
     def applies_to(self, layer) -> bool:
-        return (not getattr(layer, "lora_enabled", False)
-                and not getattr(layer, "quantization_mode", None))
+        return registry.plain_weights(layer)
 
     def variables(self, layer) -> tuple:
         return (layer._embeddings,)

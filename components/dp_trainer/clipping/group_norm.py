@@ -39,9 +39,4 @@ class GroupNormalizationRule(layer_norm.LayerNormalizationRule):
         mean, variance = tf.nn.moments(grouped, axes=reduce, keepdims=True)
         xhat = tf.reshape((grouped - mean) * tf.math.rsqrt(variance + layer.epsilon), tf.shape(x))
         param_shape = [channels if a == axis else 1 for a in range(ndim)]
-        z = xhat
-        if layer.gamma is not None:
-            z = z * tf.reshape(tf.cast(layer.gamma, x.dtype), param_shape)
-        if layer.beta is not None:
-            z = z + tf.reshape(tf.cast(layer.beta, x.dtype), param_shape)
-        return tf.cast(z, layer.compute_dtype), [z], xhat
+        return layer_norm.scaled_outputs(layer, xhat, param_shape)

@@ -50,12 +50,7 @@ class LayerNormalizationRule(registry.ClippingRule):
         mean, variance = tf.nn.moments(x, axes=axes, keepdims=True)
         xhat = (x - mean) * tf.math.rsqrt(variance + layer.epsilon)
         param_shape = [x.shape[a] if a in axes else 1 for a in range(ndim)]
-        z = xhat
-        if layer.gamma is not None:
-            z = z * tf.reshape(tf.cast(layer.gamma, x.dtype), param_shape)
-        if layer.beta is not None:
-            z = z + tf.reshape(tf.cast(layer.beta, x.dtype), param_shape)
-        return tf.cast(z, layer.compute_dtype), [z], xhat
+        return scaled_outputs(layer, xhat, param_shape)
 
     def grads(self, layer, context, target_grads, options):
         xhat = context
@@ -75,3 +70,13 @@ class LayerNormalizationRule(registry.ClippingRule):
 
         return registry.LayerGrads(self.variables(layer), sq_norms, weighted_sum)
 
+
+def scaled_outputs(layer, xhat: tf.Tensor, param_shape) -> tuple:
+    """A normalisation layer's ``forward`` result from the normalised input ``xhat``: ``(z, [z], xhat)`` with
+    ``z = gamma * xhat + beta`` (each when the layer has it), gamma and beta reshaped to ``param_shape``."""
+    z = xhat
+    if layer.gamma is not None:
+        z = z * tf.reshape(tf.cast(layer.gamma, xhat.dtype), param_shape)
+    if layer.beta is not None:
+        z = z + tf.reshape(tf.cast(layer.beta, xhat.dtype), param_shape)
+    return tf.cast(z, layer.compute_dtype), [z], xhat

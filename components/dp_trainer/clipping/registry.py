@@ -188,6 +188,18 @@ def sum_squares_rows(t: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.square(flatten_rows(t)), axis=1)
 
 
+def plain_weights(layer) -> bool:
+    """True for a layer whose weights are its own variables (no LoRA adapters, no quantised kernel): what the
+    kernel rules assume."""
+    return not getattr(layer, "lora_enabled", False) and not getattr(layer, "quantization_mode", None)
+
+
+def kernel_and_bias(layer) -> tuple:
+    """``(kernel,)`` or ``(kernel, bias)``: the trainable variables of a kernel layer, in its order."""
+    bias = getattr(layer, "bias", None)
+    return (layer._kernel,) + ((bias,) if bias is not None else ())
+
+
 def biased_outputs(layer, z: tf.Tensor, context):
     """A kernel layer's ``forward`` result ``(activation(z + b), [z + b], context)``, with
     ``b = layer.bias`` when the layer has one."""
