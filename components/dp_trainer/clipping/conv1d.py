@@ -38,26 +38,20 @@ def _causal_pad(layer, x: tf.Tensor) -> tf.Tensor:
 
 
 @registry.register(keras.layers.Conv1D)
-class Conv1DRule(registry.ClippingRule):
+class Conv1DRule(registry.KernelRule):
     """Conv1D with channels_last data, groups == 1, no LoRA or quantisation."""
 
-    def applies_to(self, layer) -> bool:
+    def supports(self, layer) -> bool:
         return (layer.rank == 1 and layer.data_format == "channels_last"
-                and layer.groups == 1 and layer.padding in ("same", "valid", "causal")
-                and registry.plain_weights(layer))
+                and layer.groups == 1 and layer.padding in ("same", "valid", "causal"))
 
-    def variables(self, layer) -> tuple:
-        return registry.kernel_and_bias(layer)
+    def prepare_input(self, layer, x):
+        return _causal_pad(layer, x) if layer.padding == "causal" else x
 
-    def forward(self, layer, call, inputs, **kwargs):
-        kernel = tf.convert_to_tensor(layer._kernel)
-        x = tf.cast(inputs, kernel.dtype)
-        if layer.padding == "causal":
-            x = _causal_pad(layer, x)
+    def pre_activation(self, layer, kernel, x):
         padding = "VALID" if layer.padding == "causal" else layer.padding.upper()
-        z = tf.nn.convolution(x, kernel, strides=list(layer.strides), padding=padding,
-                              dilations=list(layer.dilation_rate))
-        return registry.biased_outputs(layer, z, x)
+        return tf.nn.convolution(x, kernel, strides=list(layer.strides), padding=padding,
+                                 dilations=list(layer.dilation_rate))
 
     def grads(self, layer, context, target_grads, options):
         x = context[:, None]                  # [B, 1, T, C]

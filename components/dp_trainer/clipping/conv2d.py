@@ -112,27 +112,16 @@ def _per_example_kernel_grads(x, gs, layer, options):
 
 
 @registry.register(keras.layers.Conv2D)
-class Conv2DRule(registry.ClippingRule):
+class Conv2DRule(registry.KernelRule):
     """Conv2D with channels_last data, groups == 1, no LoRA or quantisation."""
 
-    def applies_to(self, layer) -> bool:
+    def supports(self, layer) -> bool:
         return (layer.rank == 2 and layer.data_format == "channels_last"
-                and layer.groups == 1 and layer.padding in ("same", "valid")
-                and registry.plain_weights(layer))
+                and layer.groups == 1 and layer.padding in ("same", "valid"))
 
-    def variables(self, layer) -> tuple:
-        return registry.kernel_and_bias(layer)
-
-    def forward(self, layer, call, inputs, **kwargs):
-        kernel = tf.convert_to_tensor(layer._kernel)
-        x = tf.cast(inputs, kernel.dtype)
-        z = tf.nn.conv2d(x, kernel, strides=list(layer.strides),
-                         padding=layer.padding.upper(),
-                         dilations=list(layer.dilation_rate))
-        if layer.use_bias:
-            z = z + tf.convert_to_tensor(layer.bias)
-        outputs = layer.activation(z) if layer.activation is not None else z
-        return outputs, [z], x
+    def pre_activation(self, layer, kernel, x):
+        return tf.nn.conv2d(x, kernel, strides=list(layer.strides), padding=layer.padding.upper(),
+                            dilations=list(layer.dilation_rate))
 
     def grads(self, layer, context, target_grads, options):
         x = context

@@ -29,23 +29,11 @@ def _dense_matmul(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
 
 
 @registry.register(keras.layers.Dense)
-class DenseRule(registry.ClippingRule):
+class DenseRule(registry.KernelRule):
     """Dense, with or without bias and activation; no LoRA, no quantisation."""
 
-    def applies_to(self, layer) -> bool:
-        return registry.plain_weights(layer)
-
-    def variables(self, layer) -> tuple:
-        return registry.kernel_and_bias(layer)
-
-    def forward(self, layer, call, inputs, **kwargs):
-        kernel = tf.convert_to_tensor(layer._kernel)
-        x = tf.cast(inputs, kernel.dtype)
-        z = _dense_matmul(x, kernel)
-        if layer.bias is not None:
-            z = z + tf.convert_to_tensor(layer.bias)
-        outputs = layer.activation(z) if layer.activation is not None else z
-        return outputs, [z], x
+    def pre_activation(self, layer, kernel, x):
+        return _dense_matmul(x, kernel)
 
     def grads(self, layer, context, target_grads, options):
         x = context

@@ -47,21 +47,15 @@ def _input_rank(layer) -> int | None:
 
 
 @registry.register(keras.layers.EinsumDense)
-class EinsumDenseRule(registry.ClippingRule):
+class EinsumDenseRule(registry.KernelRule):
     """EinsumDense with or without bias and activation; no LoRA, no quantisation."""
 
-    def applies_to(self, layer) -> bool:
+    def supports(self, layer) -> bool:
         rank = _input_rank(layer)
-        return (rank is not None and _specs(layer.equation, rank) is not None
-                and registry.plain_weights(layer))
+        return rank is not None and _specs(layer.equation, rank) is not None
 
-    def variables(self, layer) -> tuple:
-        return registry.kernel_and_bias(layer)
-
-    def forward(self, layer, call, inputs, **kwargs):
-        kernel = tf.convert_to_tensor(layer._kernel)
-        x = tf.cast(inputs, kernel.dtype)
-        return registry.biased_outputs(layer, tf.einsum(layer.equation, x, kernel), x)
+    def pre_activation(self, layer, kernel, x):
+        return tf.einsum(layer.equation, x, kernel)
 
     def grads(self, layer, context, target_grads, options):
         x = context

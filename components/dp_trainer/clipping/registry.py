@@ -188,6 +188,34 @@ def sum_squares_rows(t: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.square(flatten_rows(t)), axis=1)
 
 
+class KernelRule(ClippingRule):
+    """A layer ``activation(op(x, kernel) + bias)`` (Dense, EinsumDense, Conv1D/2D): its variables are the
+    kernel and the optional bias, LoRA and quantised kernels are left to the fallback, and ``forward`` records
+    ``op(x, kernel) + bias`` as the target and the (prepared) input as the context. Subclasses give
+    :meth:`pre_activation` and, where the layer takes only some configurations, :meth:`supports`."""
+
+    def supports(self, layer) -> bool:
+        return True
+
+    def applies_to(self, layer) -> bool:
+        return plain_weights(layer) and self.supports(layer)
+
+    def variables(self, layer) -> tuple:
+        return kernel_and_bias(layer)
+
+    def prepare_input(self, layer, x: tf.Tensor) -> tf.Tensor:
+        """The input as ``pre_activation`` reads it (and as the rule's context); e.g. causal padding."""
+        return x
+
+    def pre_activation(self, layer, kernel: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+        raise NotImplementedError
+
+    def forward(self, layer, call, inputs, **kwargs):
+        kernel = tf.convert_to_tensor(layer._kernel)
+        x = self.prepare_input(layer, tf.cast(inputs, kernel.dtype))
+        return biased_outputs(layer, self.pre_activation(layer, kernel, x), x)
+
+
 def plain_weights(layer) -> bool:
     """True for a layer whose weights are its own variables (no LoRA adapters, no quantised kernel): what the
     kernel rules assume."""
