@@ -13,7 +13,10 @@ Usage:
     python benchmarks/dp_overhead.py --model cnn --batch-size 256 [--steps 20]
     python benchmarks/dp_overhead.py --api keras-fit --model cnn --batch-size 256
 
-The last line printed is ``dp_over_nondp=<ratio>``. With ``--api keras-fit`` it times what a notebook
+Then the same architecture's Keras ``train_on_batch`` is timed with XLA on and off (Keras's own best
+non-private step on this machine), and the last line printed is ``dp_over_keras=<DP step / Keras's best>``
+(``dp_over_nondp=<ratio>`` with ``--no-keras``). ``--model transformer``: a small text classifier
+(Embedding 10k x 128, 2 attention blocks, sequence 64, 2 classes). With ``--api keras-fit`` it times what a notebook
 user runs instead: ``make_private`` + ``model.fit(poisson_batches(x, y, B))`` against plain
 ``model.fit(x, y, batch_size=B)`` on the same model, one epoch of ``--steps`` steps per sample (the
 private batches are padded to B + 4 sd, as in training), and prints ``keras_fit_dp_over_plain=<ratio>``.
@@ -54,7 +57,53 @@ def mlp() -> keras.Model:
                             name="mlp")
 
 
-MODELS = {"cnn": (cnn, (32, 32, 3)), "mlp": (mlp, (784,))}
+def transformer() -> keras.Model:
+    """A small text classifier: Embedding 10k x 128 over 64 tokens, 2 blocks of MultiHeadAttention(4 heads,
+    key_dim 32) + residual + LayerNorm and a Dense FFN (256 relu, 128) + residual + LayerNorm, mean pooling,
+    Dense(2)."""
+    tokens = keras.Input((64,), dtype="int32")
+    h = keras.layers.Embedding(10_000, 128)(tokens)
+    for _ in range(2):
+        a = keras.layers.MultiHeadAttention(num_heads=4, key_dim=32)(h, h)
+        h = keras.layers.LayerNormalization()(h + a)
+        f = keras.layers.Dense(128)(keras.layers.Dense(256, activation="relu")(h))
+        h = keras.layers.LayerNormalization()(h + f)
+    out = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(h))
+    return keras.Model(tokens, out, name="transformer")
+
+
+# name -> (builder, input shape, classes, integer inputs below this bound or None for floats)
+MODELS = {"cnn": (cnn, (32, 32, 3), 10, None), "mlp": (mlp, (784,), 10, None),
+          "transformer": (transformer, (64,), 2, 10_000)}
+
+
+def _data(model: str, n: int, rng) -> tuple:
+    _, shape, classes, vocab = MODELS[model]
+    x = (rng.integers(0, vocab, (n,) + shape).astype(np.int32) if vocab
+         else rng.standard_normal((n,) + shape).astype(np.float32))
+    return x, rng.integers(0, classes, n)
+
+
+def keras_best_step_ms(args, batch) -> dict:
+    """Keras's own fastest non-private step on this machine: ``train_on_batch`` of the same architecture
+    (same seed) compiled with XLA on and off, median of ``--repeats`` blocks each; ``{"xla_on": ms, ...}``."""
+    out = {}
+    for jit in (True, False):
+        keras.utils.set_random_seed(0)
+        model = MODELS[args.model][0]()
+        model.compile(optimizer=OPTIMIZERS[args.optimizer](), jit_compile=jit,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        x, y = batch[0], batch[1]
+        for _ in range(args.warmup):
+            model.train_on_batch(x, y)
+        blocks = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                model.train_on_batch(x, y)
+            blocks.append((time.perf_counter() - start) / args.steps)
+        out["xla_on" if jit else "xla_off"] = statistics.median(blocks) * 1e3
+    return out
 OPTIMIZERS = {"sgd": lambda: keras.optimizers.SGD(0.01),
               "adam": lambda: keras.optimizers.Adam(1e-3)}
 
@@ -88,11 +137,9 @@ def keras_fit(args) -> float:
     """make_private + fit against plain fit: the ratio of median step times."""
     import privacy_audit.keras as pak
 
-    build, input_shape = MODELS[args.model]
+    build = MODELS[args.model][0]
     n = args.batch_size * args.steps
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((n,) + input_shape).astype(np.float32)
-    y = rng.integers(0, 10, n)
+    x, y = _data(args.model, n, np.random.default_rng(0))
     models = {}
     for mode in ("dp", "plain"):
         keras.utils.set_random_seed(0)
@@ -142,6 +189,8 @@ def main(argv=None) -> float:
     parser.add_argument("--norm-method", default="auto", choices=["auto", "ghost", "explicit"])
     parser.add_argument("--vectorised", action="store_true",
                         help="DP step uses whole-model vectorised per-example gradients")
+    parser.add_argument("--no-keras", action="store_true",
+                        help="skip the Keras train_on_batch reference (dp_over_nondp is then the last line)")
     parser.add_argument("--api", choices=["dpstep", "keras-fit"], default="dpstep",
                         help="dpstep: DPStep objects directly; keras-fit: make_private + model.fit")
     args = parser.parse_args(argv)
@@ -149,12 +198,8 @@ def main(argv=None) -> float:
         return keras_fit(args)
 
     keras.utils.set_random_seed(0)
-    build, input_shape = MODELS[args.model]
-    model = build()
-    rng = np.random.default_rng(0)
-    batch = (rng.standard_normal((args.batch_size,) + input_shape).astype(np.float32),
-             rng.integers(0, 10, args.batch_size),
-             np.ones(args.batch_size, np.float32))
+    model = MODELS[args.model][0]()
+    batch = _data(args.model, args.batch_size, np.random.default_rng(0)) + (np.ones(args.batch_size, np.float32),)
     jit = {"auto": "auto", "on": True, "off": False}[args.jit]
     common = dict(expected_batch_size=args.batch_size, padded_batch_size=args.batch_size,
                   jit_compile=jit, seed=0)
@@ -184,7 +229,13 @@ def main(argv=None) -> float:
     print("nondp_step_ms=" + ",".join(f"{t * 1e3:.1f}" for t in times["nondp"]))
     print(f"median_dp_step_ms={dp_ms:.2f} median_nondp_step_ms={nondp_ms:.2f}")
     print(f"dp_over_nondp={ratio:.3f}")
-    return ratio
+    if args.no_keras:
+        return ratio
+    keras_ms = keras_best_step_ms(args, batch)
+    best = min(keras_ms.values())
+    print("keras_train_on_batch_ms=" + ",".join(f"{k}:{v:.2f}" for k, v in keras_ms.items()))
+    print(f"dp_over_keras={dp_ms / best:.3f}")
+    return dp_ms / best
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ from typing import Any, Dict, List, Optional
 
 from privacy_audit.components.common.recipe import DEFAULT_TARGET_EPSILON, TrainingRecipe
 from privacy_audit.pipelines import validation
-from privacy_audit.pipelines.pipeline import DEFAULT_PIPELINE_NAME, AuditSpec, VariantSpec, default_variants
+from privacy_audit.pipelines.pipeline import (DEFAULT_PIPELINE_NAME, DP_DEEP_RECIPE, AuditSpec, VariantSpec,
+                                              default_variants)
 
 # A variant's recipe takes its settings by the TrainingRecipe's own field names (no name map; ``model`` is the
 # command line's name for ``builtin_model``). The seed and the one-run audit's canaries are the pipeline's,
@@ -49,10 +50,13 @@ DEFAULTS: Dict[str, Any] = {
                                  # (default: each demo variant's own: the non-private MLP
                                  # 64-512-512-10, the DP variant's softmax regression)
     "epochs": _RECIPE.epochs,
-    "batch_size": None,          # default: the demo variants' own (16 non-private, 128 DP); 64 in variants you define
-    "learning_rate": None,       # default: the demo variants' own (1e-3 non-private, 2e-2 DP); 1e-3 in yours
+    "batch_size": None,          # default: the demo variants' own, scaled with the data (pipeline.scaled_defaults:
+                                 # 16 non-private, 128 DP on digits; 256 and 1024 from ~100k rows); 64 in yours
+    "learning_rate": None,       # default: the demo variants' own (1e-3 non-private; DP 2e-2 for the softmax
+                                 # regression, 2e-3 for any other model); 1e-3 in yours
     "members_fraction": 0.5,     # share of the data that trains the models (members); the rest are non-members
     "optimizer": _RECIPE.optimizer,
+    "lr_schedule": None,         # constant | cosine; default: constant, the DP variant of a deep model cosine
     "l2_norm_clip": None,        # default: the demo DP variant's own; 1.0 in variants you define
     "noise_multiplier": None,
     "target_epsilon": None,      # default: the demo DP variant's own; 3.0 in variants you define
@@ -122,6 +126,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="expected batch size (Poisson sampling rate = batch/N)")
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--optimizer", choices=["adam", "sgd"])
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"],
+                   help="learning-rate schedule (default: constant; cosine for the DP variant of a deep model)")
     p.add_argument("--l2-norm-clip", type=float,
                    help="per-example gradient clip norm C (default: the demo DP variant's, 4; 1.0 in variants you define)")
     g = p.add_mutually_exclusive_group()
@@ -242,10 +248,11 @@ def resolve_settings(args: argparse.Namespace) -> Dict[str, Any]:
     return settings
 
 
-def build_variants(s: Dict[str, Any]) -> List[VariantSpec]:
+def build_variants(s: Dict[str, Any], n_members: Optional[int] = None) -> List[VariantSpec]:
     """The variants of resolved settings: the config file's ``variants`` (each a name and recipe fields, the
     top-level settings under them, TrainingRecipe defaults for the rest; a private variant without σ or ε gets
-    ε = DEFAULT_TARGET_EPSILON), or the demo's two variants with the settings given on top."""
+    ε = DEFAULT_TARGET_EPSILON), or the demo's two variants with the settings given on top. ``n_members``: the
+    expected training-set size, when known: the default variants' batch sizes follow it (``scaled_defaults``)."""
     top = {k: s[k] for k in RECIPE_KEYS if s.get(k) is not None}
     if s["model"] is not None:
         top["builtin_model"] = s["model"]
@@ -263,9 +270,10 @@ def build_variants(s: Dict[str, Any]) -> List[VariantSpec]:
             out.append(VariantSpec(name=v["name"], recipe=TrainingRecipe(**fields)))
         return out
     out = []
-    for v in default_variants(s["epochs"]):
+    for v in default_variants(s["epochs"], n_members):
         # Settings left unset keep each demo variant's own value.
-        changes = {k: top[k] for k in ("epochs", "optimizer", "sampling", "accountant", "checkpoint_every",
+        changes = {k: top[k] for k in ("epochs", "optimizer", "lr_schedule", "sampling", "accountant",
+                                       "checkpoint_every",
                                        "module_file", "model_fn", "learning_rate", "builtin_model", "batch_size")
                    if k in top}
         if s["hparams"] is not None:
@@ -275,6 +283,9 @@ def build_variants(s: Dict[str, Any]) -> List[VariantSpec]:
         name = v.name
         if v.private:
             changes["delta"] = s["delta"]
+            if "learning_rate" not in top and (s["module_file"] or top.get("builtin_model", v.builtin_model)
+                                               != "softmax_regression"):
+                changes.update({k: x for k, x in DP_DEEP_RECIPE.items() if k not in top})
             if s["l2_norm_clip"] is not None:
                 changes["l2_norm_clip"] = s["l2_norm_clip"]
             if s["noise_multiplier"] is not None:
@@ -432,6 +443,24 @@ class RunPlan:
     demo: bool
     variants: List[VariantSpec]
     audit: AuditSpec
+    n_members: Optional[int] = None
+
+
+def variant_lines(variants: List[VariantSpec], n_members: Optional[int]) -> List[str]:
+    """One progress line per variant with the training settings it runs with (the defaults included, so that
+    a user sees what the data size chose)."""
+    size = f"~{n_members:,} training examples" if n_members else "the demo's training examples"
+    out = []
+    for v in variants:
+        dp = (f"DP-{v.optimizer}, C={v.l2_norm_clip:g}, " + (f"ε={v.target_epsilon:g}" if v.target_epsilon is not None
+                                                             else f"σ={v.noise_multiplier:g}")) if v.private \
+            else "non-private"
+        batch = "expected batch" if v.private and v.sampling == "poisson" else "batch"
+        lr = f"learning rate {v.learning_rate:g}" + (f" ({v.lr_schedule})" if v.lr_schedule != "constant" else "")
+        out.append(f"  {v.name}: {v.builtin_model if not v.module_file else v.module_file}, {dp}, {batch} "
+                   f"{v.batch_size}, {lr}, {v.epochs} epochs, checkpoint every "
+                   f"{v.checkpoint_every} (for {size})")
+    return out
 
 
 def plan_run(args: argparse.Namespace) -> RunPlan:
@@ -450,10 +479,12 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     if not label_key:
         raise ValueError("--label-key is required with your own data")
     rows = DEMO_ROWS if demo else validation.check_csv_data(data_root, label_key)["rows"] if data_root else None
-    variants = build_variants(s)
+    n_members = None if rows is None or demo else int(rows * float(s["members_fraction"]))
+    variants = build_variants(s, n_members)
     if rows is not None:
         _check_data_size(variants, rows, float(s["members_fraction"]), user_batch=s["batch_size"] is not None)
-    return RunPlan(s, output_dir, data_root, examples_dir, label_key, demo, variants, build_audit(s, demo=demo))
+    return RunPlan(s, output_dir, data_root, examples_dir, label_key, demo, variants, build_audit(s, demo=demo),
+                   n_members)
 
 
 def _check_data_size(variants: List[VariantSpec], rows: int, fraction: float, user_batch: bool) -> None:
@@ -586,7 +617,7 @@ def _main_run(args: argparse.Namespace) -> int:
         raise
     beam_args = list(s["beam_pipeline_args"] or [])
     if not any(a.startswith("--runner") for a in beam_args):
-        beam_args = [f"--direct_running_mode=multi_processing",
+        beam_args = ["--direct_running_mode=multi_processing",
                      f"--direct_num_workers={int(s['direct_num_workers'])}"] + beam_args
 
     from privacy_audit.pipelines.pipeline import create_pipeline
@@ -600,6 +631,8 @@ def _main_run(args: argparse.Namespace) -> int:
         beam_pipeline_args=beam_args, enable_cache=bool(s["cache"]), report_title=s["title"])
     print(f"Running pipeline {s['pipeline_name']!r}: {len(pipeline.components)} components, variants "
           f"{[v.name for v in plan.variants]}; ML Metadata at {metadata_path}", flush=True)
+    for line in variant_lines(plan.variants, plan.n_members):
+        print(line, flush=True)
     t0 = time.time()
     handler = _install_progress()
     try:

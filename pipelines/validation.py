@@ -79,8 +79,8 @@ _NUMERIC: Dict[str, Tuple[float, float, bool, bool, bool]] = {
     "seed": (0, 2 ** 31 - 1, False, False, True),
     "direct_num_workers": (1, 256, False, False, True),
 }
-_CHOICES = {"optimizer": ("adam", "sgd"), "sampling": ("poisson", "shuffle"), "accountant": ("rdp", "pld"),
-            "reference_init": ("target", "independent")}
+_CHOICES = {"optimizer": ("adam", "sgd"), "lr_schedule": ("constant", "cosine"), "sampling": ("poisson", "shuffle"),
+            "accountant": ("rdp", "pld"), "reference_init": ("target", "independent")}
 _STRINGS = ("data", "examples", "label_key", "module_file", "model_fn", "model", "title")
 _LISTS = ("feature_keys", "attacks", "slicing", "slice_feature_keys", "reference_attacks", "beam_pipeline_args")
 
@@ -212,13 +212,60 @@ def _csv_rows(path: str):
     yield from csv.reader(io.StringIO(buf.getvalue()))
 
 
+# A cell CsvExampleGen reads as a number (int or float, as Python's float() takes them), surrounding blanks allowed.
+_NUMBER = (r"^\s*[-+]?(?:(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:[eE][-+]?\d+)?|nan|inf|infinity)\s*$")
+
+
+def _type_change(path: str, header: List[str]) -> Optional[str]:
+    """The first cell of a column that held numbers in every earlier row but text here (a CSV whose column
+    changes type halfway): ``"<path>: row <i> ..."``, or None. Read by pyarrow in blocks (C++), so that a
+    million-row file is checked in seconds; a file pyarrow cannot parse is left to CsvExampleGen's error."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    try:
+        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 24),
+                                convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in header},
+                                                                     strings_can_be_null=False))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    numeric = {}  # column -> True while every non-empty cell so far was a number (and there was one)
+    done = 0
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            return None
+        except pa.ArrowInvalid:
+            return None
+        for name, col in zip(batch.schema.names, batch.columns):
+            if numeric.get(name) is False:
+                continue
+            filled = pc.not_equal(pc.utf8_trim_whitespace(col), "")
+            text = pc.and_(filled, pc.invert(pc.match_substring_regex(col, _NUMBER, ignore_case=True)))
+            first_text = pc.index(text, True).as_py()
+            if first_text < 0:
+                numeric[name] = numeric.get(name) or bool(pc.any(filled).as_py())
+                continue
+            first_number = pc.index(pc.and_(filled, pc.invert(text)), True).as_py()
+            if numeric.get(name) or 0 <= first_number < first_text:
+                row = done + first_text + 1
+                value = col[first_text].as_py()
+                return (f"{path}: column {name!r} holds numbers up to row {row - 1} but {value[:40]!r} at row {row} "
+                        f"(line {row + 1}): a column must keep one type (CsvExampleGen would read the whole column as "
+                        f"text); fix or drop that row, or make the column text throughout")
+            numeric[name] = False
+        done += batch.num_rows
+
+
 def check_csv_data(data_root: str, label_key: str) -> Dict[str, Any]:
     """Checks the CSV files of ``data_root`` before any component runs; returns ``{"rows", "classes"}``.
 
     ValueError naming the file and row for: no CSV/TFRecord files, an empty file, a file that is not UTF-8
     (with the byte offset), a missing label column, an empty label cell, a label that is not an integer class
-    index (strings: say how to map them), and a single class in the whole data set. ``rows`` is None for
-    TFRecord data (not read here).
+    index (strings: say how to map them), a column of numbers that turns to text at some row (the row and
+    column), and a single class in the whole data set. ``rows`` is None for TFRecord data (not read here).
     """
     names = sorted(os.listdir(data_root))
     csvs = [f for f in names if f.endswith(".csv")]
@@ -257,6 +304,9 @@ def check_csv_data(data_root: str, label_key: str) -> Dict[str, Any]:
                     "must be an integer class index 0..K-1: map string or fractional labels to integers first "
                     "(e.g. cat → 0, dog → 1)") from None
             classes.add(int(value))
+        change = _type_change(path, header)
+        if change:
+            raise ValueError(change)
     if len(classes) < 2:
         raise ValueError(f"the label column {label_key!r} in {data_root} holds a single class "
                          f"({sorted(classes)}): membership inference and accuracy are meaningless with one class; "

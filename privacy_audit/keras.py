@@ -140,6 +140,20 @@ class _DPConfig:
     accountant: str
     model_variant: str
     jit_compile: Any
+    adaptive_clipping: bool = False
+    target_unclipped_quantile: float = accounting.DEFAULT_TARGET_UNCLIPPED_QUANTILE
+    clip_learning_rate: float = accounting.DEFAULT_CLIP_LEARNING_RATE
+    clipped_count_stddev: Optional[float] = None
+
+    def adaptive_settings(self, expected_batch_size: int) -> Optional[dict]:
+        """The ledger's adaptive-clipping settings (σ_b resolved for the batch size), or None."""
+        if not self.adaptive_clipping:
+            return None
+        sb = self.clipped_count_stddev
+        return {"target_unclipped_quantile": self.target_unclipped_quantile,
+                "clip_learning_rate": self.clip_learning_rate,
+                "clipped_count_stddev": float(sb) if sb is not None
+                else accounting.default_clipped_count_stddev(expected_batch_size)}
 
 
 class _PrivateTraining:
@@ -166,16 +180,21 @@ class _PrivateTraining:
             self.data_key = key
         step_key = (id(model.optimizer), id(model.loss), data.expected_batch_size)
         if self.step is None or self.step_key != step_key:
-            done = self.step.steps if self.step is not None else 0
+            previous = self.step
+            adaptive = self.config.adaptive_settings(data.expected_batch_size) or {}
             self.step = dp_step_lib.DPStep(
                 model, model.optimizer, l2_norm_clip=self.config.l2_norm_clip,
                 noise_multiplier=self.ledger.noise_multiplier,
                 expected_batch_size=data.expected_batch_size, padded_batch_size=data.padded_batch_size,
                 seed=self.config.seed, loss=per_example_loss(model.loss),
-                jit_compile=self.config.jit_compile)
-            # A new step object (recompiled optimizer) continues the noise stream: reusing the
-            # noise of steps already taken would let their differences cancel it.
-            self.step._step.assign(done)
+                jit_compile=self.config.jit_compile, adaptive_clipping=bool(adaptive), **adaptive)
+            if previous is not None:
+                # A new step object (recompiled optimizer) continues the noise stream: reusing the
+                # noise of steps already taken would let their differences cancel it. Adaptive
+                # clipping continues from the C it reached.
+                self.step._step.assign(previous.steps)
+                if self.step.adaptive_clipping:
+                    self.step.set_l2_norm_clip(previous.current_l2_norm_clip)
             self.step_key = step_key
 
     def _new_ledger(self, data: DPBatches, epochs: int) -> accounting.PrivacyLedger:
@@ -190,13 +209,17 @@ class _PrivateTraining:
                 accountant=cfg.accountant)
         accounting.validate_dp_params(n_examples=data.n_examples, batch_size=data.expected_batch_size,
                                       noise_multiplier=sigma, delta=delta)
+        adaptive = cfg.adaptive_settings(data.expected_batch_size)
+        if adaptive is not None:
+            accounting.adaptive_noise_split(sigma, adaptive["clipped_count_stddev"])  # σ_b > σ / 2, before training
         return accounting.PrivacyLedger(
             model_variant=cfg.model_variant, private=True, n_examples=data.n_examples,
             expected_batch_size=data.expected_batch_size, noise_multiplier=float(sigma),
             l2_norm_clip=cfg.l2_norm_clip, delta=float(delta), sampling=data.mode,
             accountant=cfg.accountant, target_epsilon=cfg.target_epsilon,
             extra={"seed": cfg.seed, "steps_per_epoch": data.steps_per_epoch,
-                   "padded_batch_size": data.padded_batch_size, "api": "keras-fit"})
+                   "padded_batch_size": data.padded_batch_size, "api": "keras-fit"},
+            adaptive_clipping=adaptive)
 
 
 def _check_exclusive(noise_multiplier, target_epsilon, epochs) -> None:
@@ -214,7 +237,11 @@ def _check_exclusive(noise_multiplier, target_epsilon, epochs) -> None:
 def make_private(model, *, l2_norm_clip: float, noise_multiplier: Optional[float] = None,
                  target_epsilon: Optional[float] = None, epochs: Optional[int] = None,
                  delta: Optional[float] = None, seed: int = 0, accountant: str = "rdp",
-                 model_variant: Optional[str] = None, jit_compile: Any = "auto"):
+                 model_variant: Optional[str] = None, jit_compile: Any = "auto",
+                 adaptive_clipping: bool = False,
+                 target_unclipped_quantile: float = accounting.DEFAULT_TARGET_UNCLIPPED_QUANTILE,
+                 clip_learning_rate: float = accounting.DEFAULT_CLIP_LEARNING_RATE,
+                 clipped_count_stddev: Optional[float] = None):
     """Makes ``model.fit`` train with DP-SGD; returns the same model object.
 
     Args:
@@ -230,6 +257,12 @@ def make_private(model, *, l2_norm_clip: float, noise_multiplier: Optional[float
       accountant: "rdp" (default) or "pld".
       model_variant: name in the ledger and in PrivacyMetrics results (default: the model's name).
       jit_compile: XLA for the per-example gradient computation ("auto": off for conv models).
+      adaptive_clipping: True: C starts at ``l2_norm_clip`` and follows a private estimate of the
+        ``target_unclipped_quantile`` (in (0, 1)) of the per-example gradient norms, by the geometric
+        step ``clip_learning_rate`` (>= 0), with noise std ``clipped_count_stddev`` (> σ/2; default
+        expected_batch_size / 20) on the unclipped count (Andrew et al. 2021). Same ε as fixed clipping
+        at σ (the noise split is in :mod:`privacy_audit.accounting`); ``history.history["l2_norm_clip"]``
+        and the ledger's epochs hold the C each epoch ended with.
 
     After ``compile``, train with ``model.fit(poisson_batches(x, y, expected_batch_size, seed), ...)``:
     ``history.history["epsilon"]`` holds ε after each epoch; :func:`privacy_ledger` gives the ledger.
@@ -245,12 +278,19 @@ def make_private(model, *, l2_norm_clip: float, noise_multiplier: Optional[float
     _check_exclusive(noise_multiplier, target_epsilon, epochs)
     dp_step_lib.validate_dp_params(l2_norm_clip, 0.0 if noise_multiplier is None else noise_multiplier)
     accounting.validate_dp_params(delta=delta)
+    if not isinstance(adaptive_clipping, bool):
+        raise ValueError(f"adaptive_clipping must be True or False; got {adaptive_clipping!r}")
+    accounting.validate_adaptive_clipping(target_unclipped_quantile=target_unclipped_quantile,
+                                          clip_learning_rate=clip_learning_rate,
+                                          clipped_count_stddev=clipped_count_stddev)
     sampling_lib.check_int("seed", seed, minimum=0)
     if accountant not in accounting.ACCOUNTANTS:
         raise ValueError(f"accountant must be one of {accounting.ACCOUNTANTS}; got {accountant!r}")
     config = _DPConfig(float(l2_norm_clip), None if noise_multiplier is None else float(noise_multiplier),
                        target_epsilon, epochs, delta, int(seed), accountant,
-                       model_variant or model.name, jit_compile)
+                       model_variant or model.name, jit_compile, adaptive_clipping,
+                       float(target_unclipped_quantile), float(clip_learning_rate),
+                       None if clipped_count_stddev is None else float(clipped_count_stddev))
     state = _PrivateTraining(config)
     # object.__setattr__: plain attributes that Keras neither tracks nor saves.
     object.__setattr__(model, _STATE_ATTR, state)
@@ -361,9 +401,14 @@ class PrivacyLedgerCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self._record()
         logs = logs if logs is not None else {}
+        step = self._state.step
+        clip = step.current_l2_norm_clip if step.adaptive_clipping else None
         rec = self._state.ledger.end_epoch(
-            int(epoch) + 1, train_loss=_finite(logs.get("loss")), train_accuracy=_finite(logs.get("accuracy")))
+            int(epoch) + 1, train_loss=_finite(logs.get("loss")), train_accuracy=_finite(logs.get("accuracy")),
+            l2_norm_clip=clip)
         logs["epsilon"] = rec.epsilon
+        if clip is not None:
+            logs["l2_norm_clip"] = clip
 
     def on_train_end(self, logs=None):
         self._record()  # a fit stopped mid-epoch still spent its steps

@@ -75,6 +75,7 @@ ALLOWED = {
     "components/dp_trainer/models.py": "loads the user's module file",
     "components/reference_models/component.py": "reads the user's trainer module file",
     "components/membership_inference/api.py": "the attack CLI's user-given local input/output files",
+    "components/common/memory.py": "reads the kernel's /proc/meminfo and cgroup files (not artifacts)",
 }
 
 

@@ -12,8 +12,10 @@ from privacy_audit.components.dp_trainer import accounting
 # A value for every field, none of them the default.
 EVERY_FIELD = dict(module_file="/models/m.py", model_fn="make_model", builtin_model="mlp",
                    hparams={"hidden_units": [32, 16], "dropout": 0.1}, epochs=7, batch_size=33, learning_rate=0.02,
-                   optimizer="sgd", private=True, l2_norm_clip=0.7, noise_multiplier=None, target_epsilon=2.5,
-                   delta=1e-6, sampling="shuffle", accountant="pld", checkpoint_every=3, seed=11, audit_canaries=40)
+                   optimizer="sgd", lr_schedule="cosine", private=True, l2_norm_clip=0.7, noise_multiplier=None, target_epsilon=2.5,
+                   delta=1e-6, sampling="shuffle", accountant="pld", checkpoint_every=3, seed=11, audit_canaries=40,
+                   adaptive_clipping=True, target_unclipped_quantile=0.7, clip_learning_rate=0.1,
+                   clipped_count_stddev=4.0)
 
 
 # --------------------------------------------------------------------------- the dataclass

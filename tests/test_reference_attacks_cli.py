@@ -101,7 +101,7 @@ def test_attack_names_agree_between_the_registry_and_the_reference_library():
     from privacy_audit.components.membership_inference import attacks
 
     assert set(attacks.reference_attack_names(list(attacks.ATTACKS))) == set(sa.REFERENCE_ATTACKS)
-    with pytest.raises(ValueError, match="not run by the Beam path"):
+    with pytest.raises(ValueError, match="need reference models: give the reference signals"):
         from privacy_audit.components.membership_inference.settings import AuditSettings
 
         AuditSettings(attacks=("threshold", "lira"))

@@ -134,7 +134,7 @@ def ids_from_hashes(hex_digests: Sequence[str]) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------
 
 DECODE_CHUNK = 16384
-_PROBE = 256
+_PROBE = 16  # records read by protobuf to learn the feature kinds (later ones grow the spec)
 _CHUNK_BYTES = 16 << 20
 _KIND_WORDS = {"float_list": "floats (float_list)", "int64_list": "integers (int64_list)",
                "bytes_list": "strings (bytes_list)"}
@@ -643,11 +643,15 @@ def read_serialized(file_pattern: str) -> List[bytes]:
 
 def load_examples(file_pattern: str, label_key: str,
                   feature_keys: Optional[Sequence[str]] = None) -> ExamplesData:
-    """Reads a split of TFX Examples into arrays; raises ValueError on an empty split or missing keys.
+    """Reads a split of TFX Examples into arrays; raises ValueError on an empty split or missing keys, and
+    MemoryError, before reading it, for a split that would not fit in memory (:mod:`memory`).
 
     The examples come back in a canonical order, by :func:`example_digest`: ExampleGen's Beam workers write
     the shards in an order that changes from run to run, and the training batches (indices into these
     arrays) must not, so that the same seed gives the same model."""
+    from privacy_audit.components.common.memory import check_split_fits
+
+    check_split_fits(io.glob(file_pattern), f"the split at {file_pattern}")
     serialized = read_serialized(file_pattern)
     if not serialized:
         raise ValueError(f"the split at {file_pattern} has no examples")

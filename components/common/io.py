@@ -81,6 +81,12 @@ def exists(path: str) -> bool:
     return g.exists(path) or g.isdir(path)
 
 
+def size(path: str) -> int:
+    """A file's size in bytes."""
+    path = os.fspath(path)
+    return int(_gfile().stat(path).length) if is_remote(path) else os.path.getsize(path)
+
+
 def isdir(path: str) -> bool:
     path = os.fspath(path)
     return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)

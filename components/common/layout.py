@@ -43,6 +43,9 @@ TENSORBOARD_DIR = "logs"
 ONE_RUN_AUDIT_FILE = "one_run_audit.json"
 # ReferenceModels
 SIGNALS_FILE = "reference_signals.npz"
+#: Beside it: one row per example (id, label, K LiRA and K RMIA signals, K inclusion bits), what the evaluator's
+#: Beam pipeline joins with the target's records.
+SIGNALS_PARQUET_FILE = "reference_signals.parquet"
 REFERENCE_INFO_FILE = "reference_info.json"
 # MembershipInferenceResults
 RESULTS_DIR = "results"

@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 OPTIMIZERS = ("adam", "sgd")
 SAMPLINGS = ("poisson", "shuffle")
+LR_SCHEDULES = ("constant", "cosine")
 #: ε of a private variant of `privacy-audit run` that gives neither noise_multiplier nor target_epsilon. A
 #: resolution rule of the command line, not a field default: a recipe given ``noise_multiplier`` must not also
 #: carry an ε (exactly one of the two), so the dataclass leaves both unset.
@@ -32,7 +33,8 @@ DEFAULT_TARGET_EPSILON = 3.0
 #: Fields a Kubeflow run may override (RuntimeParameters; see the module doc).
 RUNTIME_OVERRIDES = ("epochs", "target_epsilon")
 
-_FLOAT_FIELDS = ("learning_rate", "l2_norm_clip", "noise_multiplier", "target_epsilon", "delta")
+_FLOAT_FIELDS = ("learning_rate", "l2_norm_clip", "noise_multiplier", "target_epsilon", "delta",
+                 "target_unclipped_quantile", "clip_learning_rate", "clipped_count_stddev")
 _INT_FIELDS = ("epochs", "batch_size", "checkpoint_every", "seed", "audit_canaries")
 
 
@@ -84,11 +86,17 @@ class TrainingRecipe:
     ``builtin_model`` (auto, cnn, mlp, softmax_regression); ``hparams``: the model's own hyperparameters
     (a read-only mapping; JSON values).
     Optimisation: ``epochs``, ``batch_size`` (expected batch size of Poisson sampling), ``learning_rate``,
-    ``optimizer`` (adam | sgd), ``sampling`` (poisson | shuffle), ``seed`` (initialisation, batches, noise).
+    ``optimizer`` (adam | sgd), ``lr_schedule`` (constant | cosine: the learning rate decays to 0 along a
+    half cosine over the planned steps), ``sampling`` (poisson | shuffle), ``seed`` (initialisation, batches, noise).
     Privacy: ``private=False`` trains the same model without clipping or noise (a baseline). A private recipe
     gives exactly one of ``noise_multiplier`` σ or ``target_epsilon`` (σ is then calibrated for the planned
     steps); ``l2_norm_clip`` C; ``delta`` defaults to the largest power of ten not above 1/N^1.1 (δ >= 1/N is
     refused); ``accountant`` rdp | pld.
+    Adaptive clipping (Andrew et al. 2021): ``adaptive_clipping=True`` starts C at ``l2_norm_clip`` and moves it
+    each step towards the ``target_unclipped_quantile`` γ of the per-example gradient norms, privately
+    (C ← C·exp(−``clip_learning_rate``·(b − γ)), b the noisy unclipped fraction, count noise std
+    ``clipped_count_stddev`` σ_b, default batch_size / 20). The step's noise multiplier stays σ (same ε as fixed
+    clipping); the gradient gets σ_Δ = (σ^-2 − (2σ_b)^-2)^(-1/2) (see ``accounting.adaptive_noise_split``).
     Outputs: ``checkpoint_every`` k saves the model every k epochs and after the last (0: none);
     ``audit_canaries`` m >= 2 runs the one-run privacy audit of a private recipe (0: off).
 
@@ -102,6 +110,7 @@ class TrainingRecipe:
     batch_size: int = 64
     learning_rate: float = 1e-3
     optimizer: str = "adam"
+    lr_schedule: str = "constant"
     private: bool = True
     l2_norm_clip: float = 1.0
     noise_multiplier: Optional[float] = None
@@ -112,6 +121,10 @@ class TrainingRecipe:
     checkpoint_every: int = 2
     seed: int = 0
     audit_canaries: int = 0
+    adaptive_clipping: bool = False
+    target_unclipped_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
+    clipped_count_stddev: Optional[float] = None
 
     def __post_init__(self) -> None:
         # Numbers in one canonical type each, so that equal recipes have equal JSON (TFX's cache key).
@@ -123,8 +136,10 @@ class TrainingRecipe:
             v = getattr(self, name)
             if isinstance(v, numbers.Integral) and not isinstance(v, (bool, int)) and type(v).__name__ != "bool_":
                 object.__setattr__(self, name, int(v))
-        if type(self.private).__name__ == "bool_" or self.private in (0, 1):
-            object.__setattr__(self, "private", bool(self.private))
+        for name in ("private", "adaptive_clipping"):
+            v = getattr(self, name)
+            if type(v).__name__ == "bool_" or v in (0, 1):
+                object.__setattr__(self, name, bool(v))
         object.__setattr__(self, "hparams", _frozen_hparams(self.hparams))
 
     def __hash__(self) -> int:
@@ -146,6 +161,8 @@ class TrainingRecipe:
                              f"({n_examples // 2}): the canaries are taken from them")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"sampling must be 'poisson' or 'shuffle', got {self.sampling!r}")
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs <= 0:
@@ -168,7 +185,23 @@ class TrainingRecipe:
             accounting.validate_dp_params(n_examples=n_examples, noise_multiplier=self.noise_multiplier,
                                           l2_norm_clip=self.l2_norm_clip, delta=self.delta,
                                           target_epsilon=self.target_epsilon)
+        if not isinstance(self.adaptive_clipping, bool):
+            raise ValueError(f"adaptive_clipping must be true or false, got {self.adaptive_clipping!r}")
+        # Checked even when off: a setting that would be refused must not wait silently for the switch.
+        accounting.validate_adaptive_clipping(target_unclipped_quantile=self.target_unclipped_quantile,
+                                              clip_learning_rate=self.clip_learning_rate,
+                                              clipped_count_stddev=self.clipped_count_stddev)
+        if self.private and self.adaptive_clipping and self.noise_multiplier is not None:
+            accounting.adaptive_noise_split(self.noise_multiplier, self.resolved_clipped_count_stddev())
         return self
+
+    def resolved_clipped_count_stddev(self) -> float:
+        """σ_b of adaptive clipping: ``clipped_count_stddev``, or batch_size / 20 when unset."""
+        from privacy_audit.components.dp_trainer import accounting
+
+        if self.clipped_count_stddev is not None:
+            return float(self.clipped_count_stddev)
+        return accounting.default_clipped_count_stddev(self.batch_size)
 
     # ------------------------------------------------------------------ JSON
 
@@ -254,7 +287,8 @@ LEDGER_FIELDS = (("epochs", "epochs_planned"), ("batch_size", "expected_batch_si
                  ("learning_rate", "learning_rate"), ("optimizer", "optimizer"), ("private", "private"),
                  ("sampling", "sampling"), ("l2_norm_clip", "l2_norm_clip"),
                  ("noise_multiplier", "noise_multiplier"))
-_DP_ONLY = ("l2_norm_clip", "noise_multiplier", "target_epsilon", "delta", "accountant", "audit_canaries")
+_DP_ONLY = ("l2_norm_clip", "noise_multiplier", "target_epsilon", "delta", "accountant", "audit_canaries",
+            "adaptive_clipping", "target_unclipped_quantile", "clip_learning_rate", "clipped_count_stddev")
 
 
 def _same(a: Any, b: Any) -> bool:

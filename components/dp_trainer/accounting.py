@@ -6,12 +6,24 @@ from those events by an accountant, never stored as a separate truth.
 Conventions: add-or-remove-one neighbouring datasets, Poisson sampling with probability
 q = expected_batch_size / n_examples, Gaussian noise with standard deviation
 noise_multiplier * l2_norm_clip on the sum of clipped per-example gradients.
+
+Adaptive clipping (Andrew, Thakkar, McMahan, Ramaswamy 2021, "Differentially Private Learning with Adaptive
+Clipping"; :func:`adaptive_noise_split`): each step releases two Gaussian sums of the same Poisson sample, the
+clipped gradients (sensitivity C, noise std σ_Δ·C) and the count of unclipped examples, centred
+(Σ_i (1[‖g_i‖ ≤ C] − 1/2): sensitivity 1/2, noise std σ_b, so noise multiplier 2σ_b). Together they are one
+Gaussian mechanism on the concatenated vector with multiplier z, z^-2 = σ_Δ^-2 + (2σ_b)^-2 (the paper's
+Theorem 1), so the step is recorded as ONE Poisson-sampled event whose Gaussian is the composition of the two:
+``PoissonSampled(q, Composed([Gaussian(σ_Δ), Gaussian(2σ_b)]))``, which dp-accounting (RDP) and our PLD both
+account as ``PoissonSampled(q, Gaussian(z))``. The user's noise multiplier (or the one calibrated for a
+target ε) is that z: adaptive clipping costs the same ε as fixed clipping at z, and the gradient gets
+σ_Δ = (z^-2 − (2σ_b)^-2)^(-1/2) > z. Recording the two as two independently Poisson-sampled events would be
+wrong: both sums read the same sample, and the RDP of a subsampled Gaussian is superadditive in 1/σ², so two
+separately sampled events would understate ε.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import numbers
 import warnings
@@ -135,6 +147,75 @@ def dp_sgd_event(sampling_probability: float, noise_multiplier: float, steps: in
         int(steps))
 
 
+# ------------------------------------------------------------------------------------- adaptive clipping
+
+#: The paper's defaults (Andrew et al. 2021): the median of the per-example norms, geometric step η_C = 0.2,
+#: and a count noise std σ_b of 1/20 of the expected batch size (so the noisy unclipped fraction has std 0.05).
+DEFAULT_TARGET_UNCLIPPED_QUANTILE = 0.5
+DEFAULT_CLIP_LEARNING_RATE = 0.2
+DEFAULT_COUNT_STDDEV_PER_EXAMPLE = 1.0 / 20.0
+
+
+def validate_adaptive_clipping(*, target_unclipped_quantile, clip_learning_rate,
+                               clipped_count_stddev=None) -> None:
+    """Raises ValueError naming the first invalid adaptive-clipping setting and its allowed range.
+
+    Args:
+      target_unclipped_quantile: γ, the share of per-example gradients left unclipped that C aims for; in (0, 1).
+      clip_learning_rate: η_C >= 0 of the geometric update C ← C·exp(−η_C (b − γ)) (0 keeps C fixed).
+      clipped_count_stddev: σ_b > 0, the noise std on the count of unclipped examples (None: the default,
+        expected_batch_size / 20).
+    """
+    q = target_unclipped_quantile
+    if not _is_number(q) or not math.isfinite(q) or not 0 < q < 1:
+        raise ValueError(f"target_unclipped_quantile must be a number in (0, 1) (the share of per-example "
+                         f"gradients left unclipped, e.g. 0.5 for the median), got {q!r}")
+    lr = clip_learning_rate
+    if not _is_number(lr) or not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"clip_learning_rate must be a finite number >= 0 (η_C of the geometric update of the "
+                         f"clip norm, e.g. 0.2), got {lr!r}")
+    s = clipped_count_stddev
+    if s is not None and (not _is_number(s) or not math.isfinite(s) or s <= 0):
+        raise ValueError(f"clipped_count_stddev must be a finite number > 0 (σ_b, the noise std on the count of "
+                         f"unclipped examples; default expected_batch_size / 20), got {s!r}")
+
+
+def default_clipped_count_stddev(expected_batch_size: float) -> float:
+    """σ_b when not given: expected_batch_size / 20 (the paper's choice)."""
+    return float(expected_batch_size) * DEFAULT_COUNT_STDDEV_PER_EXAMPLE
+
+
+def adaptive_noise_split(noise_multiplier: float, clipped_count_stddev: float) -> tuple:
+    """(σ_Δ, 2σ_b): the gradient's and the centred count's noise multipliers of one adaptive-clipping step
+    whose composition is one Gaussian of multiplier z = ``noise_multiplier`` (Andrew et al. 2021, Theorem 1):
+    σ_Δ = (z^-2 − (2σ_b)^-2)^(-1/2). z = 0 (no noise, ε = ∞) gives σ_Δ = 0.
+
+    Raises ValueError when 2σ_b <= z: the count alone would then spend the whole step's budget.
+    """
+    z, sb = float(noise_multiplier), float(clipped_count_stddev)
+    validate_dp_params(noise_multiplier=z)
+    validate_adaptive_clipping(target_unclipped_quantile=0.5, clip_learning_rate=0.0, clipped_count_stddev=sb)
+    count = 2.0 * sb
+    if z == 0:
+        return 0.0, count
+    if count <= z:
+        raise ValueError(
+            f"clipped_count_stddev must be above noise_multiplier / 2 = {z / 2:.4g} for adaptive clipping, got "
+            f"{sb:g}: the gradient's noise multiplier σ_Δ = (z^-2 - (2σ_b)^-2)^(-1/2) is undefined otherwise "
+            f"(the count would spend the whole step's privacy budget). Use e.g. clipped_count_stddev={2 * z:.3g}, "
+            f"or leave it unset (expected_batch_size / 20) with a larger batch")
+    return float((z ** -2 - count ** -2) ** -0.5), count
+
+
+def adaptive_step_event(sampling_probability: float, gradient_noise_multiplier: float,
+                        count_noise_multiplier: float) -> dp_accounting.DpEvent:
+    """One adaptive-clipping step: the two Gaussian sums of one Poisson sample, composed inside the sampling."""
+    return dp_accounting.PoissonSampledDpEvent(
+        sampling_probability, dp_accounting.ComposedDpEvent([
+            dp_accounting.GaussianDpEvent(gradient_noise_multiplier),
+            dp_accounting.GaussianDpEvent(count_noise_multiplier)]))
+
+
 def make_accountant(accountant: str = "rdp"):
     """A fresh dp-accounting accountant: ``rdp`` (RDP, TF Privacy's orders) or ``pld``."""
     if accountant == "rdp":
@@ -255,17 +336,36 @@ def composed_accountant(events: List[dp_accounting.DpEvent], accountant: str = "
 _PLD_MEMO: Dict[tuple, float] = {}
 
 
+def _effective_sigma(event: dp_accounting.DpEvent) -> Optional[float]:
+    """σ of the one Gaussian equal to ``event`` (a Gaussian, or Gaussians composed on the same data:
+    σ^-2 = Σ σ_i^-2, as dp-accounting's RDP accountant reduces them); None for any other event."""
+    if isinstance(event, dp_accounting.GaussianDpEvent):
+        return float(event.noise_multiplier)
+    if isinstance(event, dp_accounting.SelfComposedDpEvent):
+        sigma = _effective_sigma(event.event)
+        return None if sigma is None else sigma * event.count ** -0.5
+    if isinstance(event, dp_accounting.ComposedDpEvent):
+        sigmas = [_effective_sigma(e) for e in event.events]
+        if not sigmas or any(s is None for s in sigmas):
+            return None
+        if any(s == 0 for s in sigmas):
+            return 0.0
+        return float(sum(s ** -2 for s in sigmas) ** -0.5)
+    return None
+
+
 def _gaussian_runs(events: List[dp_accounting.DpEvent]) -> Optional[List[tuple]]:
-    """``(q, sigma, steps)`` of each Poisson-sampled Gaussian event; None when another kind is present."""
+    """``(q, sigma, steps)`` of each Poisson-sampled Gaussian event (an adaptive-clipping step's composed
+    Gaussians reduced to their one σ); None when another kind is present."""
     runs = []
     for e in events:
         count = 1
         if isinstance(e, dp_accounting.SelfComposedDpEvent):
             e, count = e.event, e.count
-        if not (isinstance(e, dp_accounting.PoissonSampledDpEvent)
-                and isinstance(e.event, dp_accounting.GaussianDpEvent)):
+        sigma = _effective_sigma(e.event) if isinstance(e, dp_accounting.PoissonSampledDpEvent) else None
+        if sigma is None:
             return None
-        runs.append((float(e.sampling_probability), float(e.event.noise_multiplier), int(count)))
+        runs.append((float(e.sampling_probability), sigma, int(count)))
     return runs
 
 
@@ -409,18 +509,26 @@ class EpochRecord:
     train_accuracy: Optional[float] = None
     examples_sampled: Optional[int] = None
     seconds: Optional[float] = None
+    # Adaptive clipping: the clip norm C after the epoch's last step (None with a fixed C).
+    l2_norm_clip: Optional[float] = None
 
 
 class PrivacyLedger:
     """What a training run spent: Poisson-sampled Gaussian steps, grouped as events, with ε per epoch.
 
     Non-private runs keep the same ledger with ``private=False`` and ε = null (infinite).
+
+    ``adaptive_clipping`` (a private run with adaptive clipping): ``{"target_unclipped_quantile",
+    "clip_learning_rate", "clipped_count_stddev"}`` (σ_b resolved). ``noise_multiplier`` is then the step's
+    total z, ``l2_norm_clip`` the initial C; each event lists its two composed Gaussians (``gaussians``: the
+    clipped gradient sum's σ_Δ and the centred count's 2σ_b, see :func:`adaptive_noise_split`) and each epoch
+    record the C it ended with.
     """
 
     def __init__(self, *, model_variant: str, private: bool, n_examples: int, expected_batch_size: int,
                  noise_multiplier: Optional[float], l2_norm_clip: Optional[float], delta: Optional[float],
                  sampling: str = "poisson", accountant: str = "rdp", target_epsilon: Optional[float] = None,
-                 extra: Optional[Dict] = None):
+                 extra: Optional[Dict] = None, adaptive_clipping: Optional[Mapping[str, Any]] = None):
         if accountant not in ACCOUNTANTS:
             raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
         if sampling not in ("poisson", "shuffle"):
@@ -436,6 +544,22 @@ class PrivacyLedger:
         self.accountant = accountant
         self.target_epsilon = target_epsilon if private else None
         self.extra = dict(extra or {})
+        self.adaptive_clipping: Optional[Dict] = None
+        self._gaussians: Optional[List[Dict]] = None
+        if private and adaptive_clipping is not None:
+            cfg = dict(adaptive_clipping)
+            validate_adaptive_clipping(target_unclipped_quantile=cfg.get("target_unclipped_quantile"),
+                                       clip_learning_rate=cfg.get("clip_learning_rate"),
+                                       clipped_count_stddev=cfg.get("clipped_count_stddev"))
+            sigma_grad, sigma_count = adaptive_noise_split(float(noise_multiplier), cfg["clipped_count_stddev"])
+            self.adaptive_clipping = {
+                "target_unclipped_quantile": float(cfg["target_unclipped_quantile"]),
+                "clip_learning_rate": float(cfg["clip_learning_rate"]),
+                "clipped_count_stddev": float(cfg["clipped_count_stddev"]),
+                "gradient_noise_multiplier": sigma_grad, "count_noise_multiplier": sigma_count,
+                "initial_l2_norm_clip": l2_norm_clip}
+            self._gaussians = [{"sum": "clipped_gradients", "noise_multiplier": sigma_grad},
+                               {"sum": "unclipped_count_centred", "noise_multiplier": sigma_count}]
         self.events: List[Dict] = []
         # Set when PLD was asked for but past its work bound: ε then comes from RDP, and the ledger says so.
         self.accountant_note: Optional[str] = None
@@ -455,14 +579,17 @@ class PrivacyLedger:
             return
         q, s = self.sampling_probability, float(self.noise_multiplier)
         if self.events and self.events[-1]["sampling_probability"] == q and \
-                self.events[-1]["noise_multiplier"] == s:
+                self.events[-1]["noise_multiplier"] == s and self.events[-1].get("gaussians") == self._gaussians:
             self.events[-1]["steps"] += steps
         else:
-            self.events.append({"type": "poisson_sampled_gaussian", "sampling_probability": q,
-                                "noise_multiplier": s, "steps": steps})
+            event = {"type": "poisson_sampled_gaussian", "sampling_probability": q, "noise_multiplier": s,
+                     "steps": steps}
+            if self._gaussians is not None:
+                event["gaussians"] = [dict(g) for g in self._gaussians]
+            self.events.append(event)
 
     def dp_events(self) -> List[dp_accounting.DpEvent]:
-        return [dp_sgd_event(e["sampling_probability"], e["noise_multiplier"], e["steps"]) for e in self.events]
+        return [ledger_dp_event(e) for e in self.events]
 
     def epsilon(self) -> Optional[float]:
         """ε at the ledger's δ of all recorded steps (None for a non-private run: ε is infinite); by
@@ -502,6 +629,9 @@ class PrivacyLedger:
             "target_epsilon": self.target_epsilon,
             "events": [dict(e) for e in self.events],
             "epochs": [_finite_or_none(dataclasses.asdict(r)) for r in self.epochs],
+            **({"adaptive_clipping": {**self.adaptive_clipping, "final_l2_norm_clip": next(
+                (r.l2_norm_clip for r in reversed(self.epochs) if r.l2_norm_clip is not None), None)}}
+               if self.adaptive_clipping else {}),
             "steps": self.steps,
             "epsilon": _json_eps(eps),
             **({"note": "sampling='shuffle': the reported ε assumes Poisson sampling and does not strictly "
@@ -512,6 +642,17 @@ class PrivacyLedger:
 
     def write(self, path: str) -> None:
         write_json_atomic(path, self.to_json())
+
+
+def ledger_dp_event(event: Mapping[str, Any]) -> dp_accounting.DpEvent:
+    """The DpEvent of one ledger event: ``steps`` Poisson-sampled steps of one Gaussian (multiplier
+    ``noise_multiplier``) or, when the event lists ``gaussians`` (adaptive clipping), of their composition."""
+    q, steps = float(event["sampling_probability"]), int(event["steps"])
+    if not event.get("gaussians"):
+        return dp_sgd_event(q, float(event["noise_multiplier"]), steps)
+    step = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.ComposedDpEvent(
+        [dp_accounting.GaussianDpEvent(float(g["noise_multiplier"])) for g in event["gaussians"]]))
+    return dp_accounting.SelfComposedDpEvent(step, steps)
 
 
 def _ledger_events(ledger: Mapping[str, Any], upto_epoch: Optional[int]) -> List[Dict]:
@@ -549,8 +690,7 @@ def ledger_epsilon_and_note(ledger: Mapping[str, Any], upto_epoch: Optional[int]
     events = _ledger_events(ledger, upto_epoch)
     if not any(int(e["steps"]) for e in events):
         return 0.0, None
-    dp_events = [dp_sgd_event(float(e["sampling_probability"]), float(e["noise_multiplier"]), int(e["steps"]))
-                 for e in events if int(e["steps"])]
+    dp_events = [ledger_dp_event(e) for e in events if int(e["steps"])]
     eps, _, note = epsilon_and_accountant(dp_events, float(ledger["delta"]), ledger.get("accountant") or "rdp")
     return eps, note
 
@@ -579,7 +719,9 @@ def _json_eps(eps: Optional[float]):
 
 
 def _finite_or_none(d: Dict) -> Dict:
-    return {k: (_json_eps(v) if k == "epsilon" else v) for k, v in d.items()}
+    # An epoch's clip norm is recorded only when it moves (adaptive clipping).
+    return {k: (_json_eps(v) if k == "epsilon" else v) for k, v in d.items()
+            if not (k == "l2_norm_clip" and v is None)}
 
 
 def write_json_atomic(path: str, obj) -> None:

@@ -25,6 +25,19 @@ plain mean gradient over the real (unmasked) examples, for baselines.
 
 Noise is drawn from a stateless RNG keyed on ``(seed, step)``: the same seed and
 the same step count give the same noise.
+
+Adaptive clipping (``adaptive_clipping=True``; Andrew, Thakkar, McMahan,
+Ramaswamy 2021) makes C a ``tf.Variable`` that follows a private estimate of the
+``target_unclipped_quantile`` γ of the per-example gradient norms. The same
+compiled gradient pass that clips also counts, over the sampled rows, the
+centred unclipped indicators ``sum_i (1[||g_i|| <= C] - 1/2)`` (sensitivity 1/2);
+the update step then adds ``N(0, sigma_b^2)`` to it (its own stateless key),
+forms ``b = count / expected_batch_size + 1/2`` (the noisy unclipped fraction)
+and sets ``C <- C * exp(-clip_learning_rate * (b - gamma))`` after the gradient
+has been noised with the C it was clipped to. ``noise_multiplier`` is then the
+step's total z: the gradient gets ``sigma_Delta = (z^-2 - (2 sigma_b)^-2)^(-1/2)``
+so that both releases together are one Gaussian of multiplier z (see
+:func:`accounting.adaptive_noise_split`). With a fixed C none of these ops exist.
 """
 
 from __future__ import annotations
@@ -37,7 +50,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from privacy_audit.components.dp_trainer import clipping
+from privacy_audit.components.dp_trainer import accounting, clipping
 from privacy_audit.components.dp_trainer.clipping import layer_norm as _layer_norm
 from privacy_audit.components.dp_trainer.clipping import vectorised as _vectorised
 from privacy_audit.components.dp_trainer.sampling import check_int
@@ -372,6 +385,12 @@ def noise_key(seed: int) -> np.ndarray:
     return state.astype(np.int64)
 
 
+def count_noise_key(seed: int) -> np.ndarray:
+    """The stateless-RNG key of adaptive clipping's count noise (independent of the gradient noise's)."""
+    state = np.random.SeedSequence([int(seed), 0x636F756E74]).generate_state(2, np.uint32)
+    return state.astype(np.int64)
+
+
 class DPStep:
     """A compiled DP-SGD (or plain SGD) training step for one Keras model.
 
@@ -403,6 +422,14 @@ class DPStep:
         norms (auto picks the cheaper; forcing one is for tests/benchmarks).
       layer_rules: False sends every layer to the per-layer vectorised
         fallback instead of its registered rule (for tests/benchmarks).
+      adaptive_clipping: True makes ``l2_norm_clip`` the initial C of
+        adaptive clipping (see the module doc; ignored when not private);
+        ``noise_multiplier`` is then the step's total z.
+      target_unclipped_quantile: γ in (0, 1), the share of per-example
+        gradients C aims to leave unclipped.
+      clip_learning_rate: η_C >= 0 of the geometric update of C.
+      clipped_count_stddev: σ_b > 0, noise std on the unclipped count
+        (default expected_batch_size / 20); must exceed z / 2.
 
     Calling the step with ``(x [P, ...], y [P, ...], mask [P])`` runs one
     optimizer step and returns ``{"loss_sum", "correct", "count"}`` over the
@@ -414,7 +441,10 @@ class DPStep:
                  padded_batch_size: int | None = None, seed: int = 0, private: bool = True,
                  loss: str | PerExampleLoss = "sparse_categorical_crossentropy",
                  jit_compile: bool | str = "auto", fast_clipping: bool = True,
-                 norm_method: str = "auto", layer_rules: bool = True):
+                 norm_method: str = "auto", layer_rules: bool = True, adaptive_clipping: bool = False,
+                 target_unclipped_quantile: float = accounting.DEFAULT_TARGET_UNCLIPPED_QUANTILE,
+                 clip_learning_rate: float = accounting.DEFAULT_CLIP_LEARNING_RATE,
+                 clipped_count_stddev: float | None = None):
         validate_dp_params(l2_norm_clip, noise_multiplier, private)
         check_int("expected_batch_size", expected_batch_size)
         if padded_batch_size is not None:
@@ -450,6 +480,23 @@ class DPStep:
             optimizer.build(self._variables)
         self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="dp_step")
         self._noise_key = tf.constant(noise_key(self.seed))
+        self.adaptive_clipping = bool(adaptive_clipping) and self.private
+        self.gradient_noise_multiplier = self.noise_multiplier
+        self._clip = None
+        if self.adaptive_clipping:
+            accounting.validate_adaptive_clipping(
+                target_unclipped_quantile=target_unclipped_quantile, clip_learning_rate=clip_learning_rate,
+                clipped_count_stddev=clipped_count_stddev)
+            self.target_unclipped_quantile = float(target_unclipped_quantile)
+            self.clip_learning_rate = float(clip_learning_rate)
+            self.clipped_count_stddev = float(
+                clipped_count_stddev if clipped_count_stddev is not None
+                else accounting.default_clipped_count_stddev(self.expected_batch_size))
+            self.gradient_noise_multiplier, _ = accounting.adaptive_noise_split(
+                self.noise_multiplier, self.clipped_count_stddev)
+            self._clip = tf.Variable(self.l2_norm_clip, dtype=tf.float32, trainable=False,
+                                     name="dp_l2_norm_clip")
+            self._count_key = tf.constant(count_noise_key(self.seed))
         self._units = plan_units(model, registry_enabled=layer_rules) if fast_clipping else None
         self._build_functions()
 
@@ -461,6 +508,20 @@ class DPStep:
         if not self.private:
             return "none"
         return "registry" if self._units is not None else "vectorised"
+
+    @property
+    def current_l2_norm_clip(self) -> float | None:
+        """The clip norm C the next step uses (moves with adaptive clipping; None when not private)."""
+        if self._clip is not None:
+            return float(self._clip.numpy())
+        return self.l2_norm_clip
+
+    def set_l2_norm_clip(self, value: float) -> None:
+        """Sets adaptive clipping's current C (to continue a run in a new step object)."""
+        if self._clip is None:
+            raise ValueError("the clip norm is fixed: set_l2_norm_clip needs adaptive_clipping=True")
+        validate_dp_params(value, self.noise_multiplier)
+        self._clip.assign(float(value))
 
     @property
     def steps(self) -> int:
@@ -481,6 +542,8 @@ class DPStep:
         ``(x, y, mask)``.
         """
         total, stats = None, {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+        if self._clip is not None:
+            stats["unclipped"] = 0.0
         for x, y, mask in batches:
             x, y, mask = _to_tensors(x, y, mask)
             grads, chunk_stats = self._traced("_sum_fn", x, y, mask)
@@ -489,7 +552,11 @@ class DPStep:
                 stats[k] += float(chunk_stats[k])
         if total is None:
             raise ValueError("accumulate_step needs at least one batch")
-        self._apply_fn(total, tf.constant(stats["count"], tf.float32))
+        if self._clip is not None:
+            self._apply_fn(total, tf.constant(stats["count"], tf.float32),
+                           tf.constant(stats.pop("unclipped"), tf.float32))
+        else:
+            self._apply_fn(total, tf.constant(stats["count"], tf.float32))
         return stats
 
     def clipped_grad_sum(self, x, y, mask=None) -> list:
@@ -606,7 +673,7 @@ class DPStep:
         norms = tf.sqrt(tf.maximum(tf.cast(sq_norms, tf.float32), 0.0))
         if not self.private:
             return norms, tf.ones_like(norms)
-        clip = tf.constant(self.l2_norm_clip, tf.float32)
+        clip = self._clip.read_value() if self._clip is not None else tf.constant(self.l2_norm_clip, tf.float32)
         return norms, clip / tf.maximum(norms, clip)
 
     def _norms_and_clipped_sum(self, x, y, mask):
@@ -624,12 +691,23 @@ class DPStep:
             return grads, self._stats(y, logits, losses, mask)
         sq_norms, weighted, stats = self._norms_and_weighted(x, y, mask)
         _, factors = self._clip_factors(sq_norms)
+        if self._clip is not None:
+            # Adaptive clipping's centred count sum_i (1[||g_i|| <= C] - 1/2) over the sampled rows: a
+            # factor is exactly 1 (C / C) when the norm is at most C.
+            unclipped = tf.cast(factors >= 1.0, tf.float32) - 0.5
+            stats = {**stats, "unclipped": tf.reduce_sum(unclipped * mask)}
         return weighted(factors), stats
 
-    def _apply(self, grad_sum, count):
+    def _apply(self, grad_sum, count, unclipped=None):
         if self.private:
-            std = self.noise_multiplier * self.l2_norm_clip
-            if std > 0:
+            if self._clip is not None:
+                clip = self._clip.read_value()  # the C this step clipped to, before its update
+                std = self.gradient_noise_multiplier * clip
+                noisy = self.gradient_noise_multiplier > 0
+            else:
+                std = self.noise_multiplier * self.l2_norm_clip
+                noisy = std > 0
+            if noisy:
                 key = tf.random.experimental.stateless_fold_in(self._noise_key,
                                                                self._step.read_value())
                 # Shapes from the variables, not the gradients: the noise does not
@@ -637,6 +715,8 @@ class DPStep:
                 grad_sum = [g + std * gaussian_noise(
                     v.shape, tf.random.experimental.stateless_fold_in(key, k), g.dtype)
                     for k, (g, v) in enumerate(zip(grad_sum, self._variables))]
+            if self._clip is not None:
+                self._update_clip(clip, unclipped)
             scale = 1.0 / self.expected_batch_size
             grads = [g * scale for g in grad_sum]
         else:
@@ -653,6 +733,16 @@ class DPStep:
         self.optimizer.apply(grads, self._variables)
         self._step.assign_add(1)
 
+    def _update_clip(self, clip, unclipped):
+        """C <- C * exp(-eta (b - gamma)), b the noisy unclipped fraction of this step (Andrew et al. 2021)."""
+        if unclipped is None:
+            raise ValueError("adaptive clipping needs the step's unclipped count")
+        key = tf.random.experimental.stateless_fold_in(self._count_key, self._step.read_value())
+        noise = self.clipped_count_stddev * gaussian_noise([1], key)[0]
+        unclipped_fraction = (tf.cast(unclipped, tf.float32) + noise) / self.expected_batch_size + 0.5
+        self._clip.assign(clip * tf.exp(-self.clip_learning_rate
+                                        * (unclipped_fraction - self.target_unclipped_quantile)))
+
     def _train_step(self, x, y, mask):
         stats, _ = self.step_in_graph(x, y, mask)
         return stats
@@ -667,7 +757,7 @@ class DPStep:
         grads, stats = self._traced("_sum_fn", x, y, mask)
         stats = dict(stats)
         outputs = stats.pop("outputs")
-        self._apply(grads, stats["count"])
+        self._apply(grads, stats["count"], stats.pop("unclipped", None))
         return stats, outputs
 
 
@@ -678,4 +768,4 @@ def expected_noise_std(l2_norm_clip: float, noise_multiplier: float,
 
 
 __all__ = ["DPStep", "check_model_supports_dp", "per_example_loss_fn", "validate_dp_params",
-           "expected_noise_std", "plan_units", "LOSSES", "has_accuracy", "noise_key"]
+           "expected_noise_std", "plan_units", "LOSSES", "has_accuracy", "noise_key", "count_noise_key"]

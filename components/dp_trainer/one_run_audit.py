@@ -463,6 +463,7 @@ def canary_audit(train_fn: TrainFn, x_train, y_train, x_canaries, y_canaries, *,
 
 def dp_training_fn(build_model_fn: Callable[[], Any], *, epochs: int, batch_size: int, learning_rate: float,
                    l2_norm_clip: float, noise_multiplier: float, delta: float, optimizer: str = "sgd",
+                   lr_schedule: str = "constant", fit_kwargs: Optional[Dict[str, Any]] = None,
                    sampling: str = "poisson", seed: int = 0, accountant: str = "rdp",
                    claimed_noise_multiplier: Optional[float] = None) -> TrainFn:
     """A ``train_fn`` for :func:`canary_audit` using :func:`privacy_audit.components.dp_trainer.training.fit`.
@@ -484,11 +485,12 @@ def dp_training_fn(build_model_fn: Callable[[], Any], *, epochs: int, batch_size
 
         keras.utils.set_random_seed(int(seed))
         model = build_model_fn()
-        opt = make_optimizer(optimizer, learning_rate)
+        steps = epochs * max(1, math.ceil(len(y) / batch_size))  # the Poisson and shuffle samplers' steps/epoch
+        opt = make_optimizer(optimizer, learning_rate, lr_schedule, steps)
         result = training.fit(model, np.asarray(x, dtype=np.float32), y, epochs=epochs,
                               expected_batch_size=batch_size, optimizer=opt, l2_norm_clip=l2_norm_clip,
                               noise_multiplier=noise_multiplier, private=True, sampling=sampling, seed=seed,
-                              verbose=False)
+                              verbose=False, **(fit_kwargs or {}))
         if sigma_claim == 0:
             eps = math.inf
         else:

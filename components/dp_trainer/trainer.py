@@ -29,7 +29,7 @@ import numpy as np
 
 from privacy_audit.components.common import io, layout
 from privacy_audit.components.common.layout import CHECKPOINT_DIR, ONE_RUN_AUDIT_FILE
-from privacy_audit.components.common.optimizers import make_optimizer
+from privacy_audit.components.common.optimizers import recipe_optimizer
 from privacy_audit.components.common.recipe import TrainingRecipe
 from privacy_audit.components.dp_trainer import accounting
 
@@ -49,6 +49,22 @@ def resolve_noise(recipe: TrainingRecipe, n_examples: int, steps_per_epoch: int)
         target_epsilon=recipe.target_epsilon, n_examples=n_examples, batch_size=recipe.batch_size,
         delta=delta, steps=steps_per_epoch * recipe.epochs, accountant=recipe.accountant)
     return sigma, delta
+
+
+def fit_adaptive_kwargs(recipe: TrainingRecipe) -> Dict[str, Any]:
+    """``training.fit``'s adaptive-clipping arguments for ``recipe`` (none when it clips at a fixed C): the
+    DPTrainer, its one-run audit run and the reference models train alike."""
+    adaptive = adaptive_clipping_settings(recipe)
+    return {} if adaptive is None else {"adaptive_clipping": True, **adaptive}
+
+
+def adaptive_clipping_settings(recipe: TrainingRecipe) -> Optional[Dict[str, float]]:
+    """The adaptive-clipping settings of a private recipe that asks for them (σ_b resolved), else None."""
+    if not (recipe.private and recipe.adaptive_clipping):
+        return None
+    return {"target_unclipped_quantile": float(recipe.target_unclipped_quantile),
+            "clip_learning_rate": float(recipe.clip_learning_rate),
+            "clipped_count_stddev": recipe.resolved_clipped_count_stddev()}
 
 
 def model_hparams(recipe: TrainingRecipe, x: np.ndarray, num_classes: int,
@@ -102,6 +118,10 @@ def train(recipe: TrainingRecipe, x: np.ndarray, y: np.ndarray, *, model_dir: st
     sampler_cls = sampling.PoissonSampler if recipe.sampling == "poisson" else sampling.ShuffleSampler
     steps_per_epoch = sampler_cls(n, recipe.batch_size, seed=recipe.seed).steps_per_epoch
     noise_multiplier, delta = resolve_noise(recipe, n, steps_per_epoch)
+    adaptive = adaptive_clipping_settings(recipe)
+    if adaptive is not None:
+        # Refused here, before anything is written, when σ_b is too small for the (calibrated) σ.
+        accounting.adaptive_noise_split(noise_multiplier, adaptive["clipped_count_stddev"])
 
     hparams = model_hparams(recipe, x, num_classes, input_features)
     model = build_model(hparams, module_file=recipe.module_file, model_fn=recipe.model_fn,
@@ -121,18 +141,23 @@ def train(recipe: TrainingRecipe, x: np.ndarray, y: np.ndarray, *, model_dir: st
         l2_norm_clip=recipe.l2_norm_clip, delta=delta, sampling=recipe.sampling,
         accountant=recipe.accountant, target_epsilon=recipe.target_epsilon,
         extra={"optimizer": recipe.optimizer, "learning_rate": recipe.learning_rate,
-               "epochs_planned": recipe.epochs, "seed": recipe.seed, "model_name": model.name})
+               "lr_schedule": recipe.lr_schedule,
+               "epochs_planned": recipe.epochs, "seed": recipe.seed, "model_name": model.name},
+        adaptive_clipping=adaptive)
     epoch_end = _EpochWriter(recipe, model, ledger, model_variant, run_dir, ckpt_dir, verbose)
     if verbose:
-        mode = (f"DP-{recipe.optimizer.upper()}: σ={noise_multiplier:.4g}, C={recipe.l2_norm_clip}, δ={delta:.0e}, "
+        clip = (f"C={recipe.l2_norm_clip} adaptive (quantile {recipe.target_unclipped_quantile:g})"
+                if adaptive is not None else f"C={recipe.l2_norm_clip}")
+        mode = (f"DP-{recipe.optimizer.upper()}: σ={noise_multiplier:.4g}, {clip}, δ={delta:.0e}, "
                 f"q={recipe.batch_size / n:.4g}, {recipe.sampling} sampling" if recipe.private else "non-private")
         print(f"[{model_variant}] training {model.name} on {n} examples, {recipe.epochs} epochs x "
               f"{steps_per_epoch} steps, {mode}", flush=True)
     training.fit(model, x, y, epochs=recipe.epochs, expected_batch_size=recipe.batch_size,
-                 optimizer=make_optimizer(recipe.optimizer, recipe.learning_rate),
+                 optimizer=recipe_optimizer(recipe, steps_per_epoch),
                  l2_norm_clip=recipe.l2_norm_clip if recipe.private else None,
                  noise_multiplier=noise_multiplier or 0.0, private=recipe.private, sampling=recipe.sampling,
-                 seed=recipe.seed, on_epoch_end=epoch_end, verbose=False)
+                 seed=recipe.seed, on_epoch_end=epoch_end, verbose=False,
+                 **fit_adaptive_kwargs(recipe))
 
     _save_keras_atomic(model, io.join(model_dir, layout.KERAS_FINAL))
     with io.local_staging(io.join(model_dir, layout.SERVING_DIR)) as staging:
@@ -202,12 +227,14 @@ class _EpochWriter:
         now = time.time()
         rec = ledger.end_epoch(stats.epoch, train_loss=float(stats.mean_train_loss),
                                train_accuracy=float(stats.train_accuracy),
-                               examples_sampled=int(stats.examples_sampled), seconds=round(now - self.t_epoch, 3))
+                               examples_sampled=int(stats.examples_sampled), seconds=round(now - self.t_epoch, 3),
+                               l2_norm_clip=stats.l2_norm_clip)
         self.t_epoch = now
         finite_eps = rec.epsilon if rec.epsilon is None or math.isfinite(rec.epsilon) else None
         self.tb.scalars(stats.epoch, {"train_loss": rec.train_loss, "train_accuracy": rec.train_accuracy,
-                                      "epsilon": rec.epsilon})
-        self.log_lines.append(json.dumps({**dataclasses.asdict(rec), "epsilon": finite_eps}, allow_nan=False) + "\n")
+                                      "epsilon": rec.epsilon, "l2_norm_clip": rec.l2_norm_clip})
+        line = {k: v for k, v in dataclasses.asdict(rec).items() if not (k == "l2_norm_clip" and v is None)}
+        self.log_lines.append(json.dumps({**line, "epsilon": finite_eps}, allow_nan=False) + "\n")
         # Object stores cannot append: the whole (small) log is rewritten, atomically, every epoch.
         io.write_text(self.log_path, "".join(self.log_lines))
         last = stats.epoch == recipe.epochs
@@ -219,8 +246,9 @@ class _EpochWriter:
                                          {"checkpoints": self.checkpoints})
         if self.verbose:
             eps = "" if rec.epsilon is None else f", ε={rec.epsilon:.3f}"
+            clip = "" if rec.l2_norm_clip is None else f", C={rec.l2_norm_clip:.4g}"
             print(f"[{self.model_variant}] epoch {stats.epoch}/{recipe.epochs}: loss={rec.train_loss:.4f}, "
-                  f"accuracy={rec.train_accuracy:.4f}{eps} ({rec.seconds:.1f}s)", flush=True)
+                  f"accuracy={rec.train_accuracy:.4f}{eps}{clip} ({rec.seconds:.1f}s)", flush=True)
 
 
 ONE_RUN_AUDIT_CONFIDENCE = 0.95
@@ -273,7 +301,8 @@ def one_run_privacy_audit(recipe: TrainingRecipe, x: np.ndarray, y: np.ndarray, 
                             builtin=recipe.builtin_model),
         epochs=recipe.epochs, batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
         l2_norm_clip=recipe.l2_norm_clip, noise_multiplier=noise_multiplier, delta=delta_audit,
-        optimizer=recipe.optimizer, sampling=recipe.sampling, seed=recipe.seed, accountant=recipe.accountant)
+        optimizer=recipe.optimizer, lr_schedule=recipe.lr_schedule, sampling=recipe.sampling, seed=recipe.seed,
+        accountant=recipe.accountant, fit_kwargs=fit_adaptive_kwargs(recipe))
     if verbose:
         print(f"[{model_variant}] one-run privacy audit: {m} mislabelled canaries, each included with "
               f"probability 1/2, one more training run of the same recipe", flush=True)

@@ -34,6 +34,8 @@ class EpochStats:
       batch_sizes: the realised batch size of each step.
       seconds: wall time of the epoch.
       overflow_steps: steps whose batch exceeded the padded size (run in chunks).
+      l2_norm_clip: with adaptive clipping, the clip norm C after the epoch's
+        last step (None with a fixed C).
     """
 
     epoch: int
@@ -45,6 +47,7 @@ class EpochStats:
     batch_sizes: tuple
     seconds: float
     overflow_steps: int = 0
+    l2_norm_clip: float | None = None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -60,6 +63,9 @@ class TrainingResult:
     ``poisson_guarantee_holds`` is True only for Poisson sampling, the mode the
     accountant's analysis covers. ``clipping_path`` says how per-example
     gradients were clipped ("registry", "vectorised" or "none").
+    ``l2_norm_clip`` is the fixed (or, with adaptive clipping, the initial) C;
+    ``adaptive_clipping`` holds the adaptive settings and the final C (None
+    with a fixed C); each epoch's C is in ``history``.
     """
 
     model: object
@@ -79,6 +85,7 @@ class TrainingResult:
     clipping_path: str
     overflow_steps: int
     seconds: float
+    adaptive_clipping: dict | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready summary (without the model)."""
@@ -159,7 +166,9 @@ def fit(model, x, y, *, epochs: int, expected_batch_size: int, optimizer,
         sampling: str = "poisson", seed: int = 0, padded_batch_size: int | None = None,
         loss="sparse_categorical_crossentropy", jit_compile: bool | str = "auto",
         fast_clipping: bool = True, on_epoch_end: Callable[[EpochStats], None] | None = None,
-        verbose: bool = True) -> TrainingResult:
+        verbose: bool = True, adaptive_clipping: bool = False,
+        target_unclipped_quantile: float = 0.5, clip_learning_rate: float = 0.2,
+        clipped_count_stddev: float | None = None) -> TrainingResult:
     """Trains ``model`` with DP-SGD (or without privacy, for baselines).
 
     Args:
@@ -173,7 +182,8 @@ def fit(model, x, y, *, epochs: int, expected_batch_size: int, optimizer,
       optimizer: a Keras 3 optimizer (SGD, Adam, ...).
       l2_norm_clip: per-example gradient L2 bound C (required if private).
       noise_multiplier: sigma (noise std = sigma * C on the gradient sum);
-        ignored when ``private`` is False.
+        ignored when ``private`` is False. With adaptive clipping, the step's
+        total z (see :class:`DPStep`).
       private: False trains the non-private baseline through the same step.
       sampling: "poisson" (default; what the accountant assumes) or "shuffle".
       seed: keys the sampler and the noise RNG (not the model's initialisation).
@@ -182,6 +192,9 @@ def fit(model, x, y, *, epochs: int, expected_batch_size: int, optimizer,
       loss, jit_compile, fast_clipping: passed to :class:`DPStep`.
       on_epoch_end: called with :class:`EpochStats` after each epoch.
       verbose: print one progress line per epoch.
+      adaptive_clipping, target_unclipped_quantile, clip_learning_rate,
+        clipped_count_stddev: adaptive clipping (Andrew et al. 2021) with
+        ``l2_norm_clip`` as the initial C; see :class:`DPStep`.
 
     Returns:
       :class:`TrainingResult`; the model is trained in place.
@@ -211,7 +224,9 @@ def fit(model, x, y, *, epochs: int, expected_batch_size: int, optimizer,
         model, optimizer, l2_norm_clip=l2_norm_clip,
         noise_multiplier=noise_multiplier if private else 0.0,
         expected_batch_size=expected_batch_size, padded_batch_size=padded, seed=seed,
-        private=private, loss=loss, jit_compile=jit_compile, fast_clipping=fast_clipping)
+        private=private, loss=loss, jit_compile=jit_compile, fast_clipping=fast_clipping,
+        adaptive_clipping=adaptive_clipping, target_unclipped_quantile=target_unclipped_quantile,
+        clip_learning_rate=clip_learning_rate, clipped_count_stddev=clipped_count_stddev)
     batcher = PaddedBatcher(x, y, padded)
     history, total_steps, total_overflow = [], 0, 0
     started = time.perf_counter()
@@ -237,11 +252,13 @@ def fit(model, x, y, *, epochs: int, expected_batch_size: int, optimizer,
             mean_train_loss=loss_sum / sampled if sampled else math.nan,
             train_accuracy=correct / sampled if sampled and has_acc else math.nan,
             batch_sizes=tuple(sizes), seconds=time.perf_counter() - epoch_start,
-            overflow_steps=overflow)
+            overflow_steps=overflow,
+            l2_norm_clip=step.current_l2_norm_clip if step.adaptive_clipping else None)
         history.append(stats)
         if verbose:
+            clip = f" C={stats.l2_norm_clip:.4g}" if stats.l2_norm_clip is not None else ""
             print(f"epoch {stats.epoch}/{epochs}: loss={stats.mean_train_loss:.4f} "
-                  f"accuracy={stats.train_accuracy:.4f} steps={stats.steps_in_epoch} "
+                  f"accuracy={stats.train_accuracy:.4f} steps={stats.steps_in_epoch}{clip} "
                   f"({sampler.mode}) {stats.seconds:.1f}s", flush=True)
         if on_epoch_end is not None:
             on_epoch_end(stats)
@@ -255,5 +272,11 @@ def fit(model, x, y, *, epochs: int, expected_batch_size: int, optimizer,
         noise_multiplier=float(noise_multiplier) if private else None,
         l2_norm_clip=float(l2_norm_clip) if private else None, seed=int(seed),
         clipping_path=step.clipping_path, overflow_steps=total_overflow,
-        seconds=time.perf_counter() - started)
+        seconds=time.perf_counter() - started,
+        adaptive_clipping={
+            "target_unclipped_quantile": step.target_unclipped_quantile,
+            "clip_learning_rate": step.clip_learning_rate,
+            "clipped_count_stddev": step.clipped_count_stddev,
+            "gradient_noise_multiplier": step.gradient_noise_multiplier,
+            "final_l2_norm_clip": step.current_l2_norm_clip} if step.adaptive_clipping else None)
 

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from privacy_audit.components.common import io, layout
@@ -89,7 +90,8 @@ def split_attacks(attacks_json: str) -> Tuple[List[str], List[str]]:
 
 def parse_settings(attacks_json: str, slicing_json: str, seed: int, min_slice_size: int, sample_size: int):
     """AuditSettings of the Beam path from the component's parameters (validated); the reference attacks
-    (lira, rmia, ...) are left to :func:`reference_attack_results`."""
+    (lira, rmia, ...) are given to the pipeline separately (:class:`beam.reference.ReferenceAttackSpec`) or, for
+    reference artifacts without Parquet signals, scored by :func:`reference_attack_results`."""
     from privacy_audit.components.membership_inference.settings import AuditSettings
 
     standard, with_references = split_attacks(attacks_json)
@@ -241,6 +243,7 @@ def reference_attack_results(final: Dict[str, Any], *, records: Mapping[str, Any
     import numpy as np
 
     from privacy_audit.components.membership_inference import api, results as results_lib
+    from privacy_audit.components.membership_inference.beam.reference import merge_reference_entries
     from privacy_audit.components.reference_models.signals import load_reference_file, sha1_to_id
 
     inputs = attack_inputs_from_records(records, settings.slicing.feature_keys)
@@ -255,27 +258,10 @@ def reference_attack_results(final: Dict[str, Any], *, records: Mapping[str, Any
                               confidence=settings.confidence, fpr_targets=settings.fpr_targets,
                               roc_points=settings.roc_points, references=refs,
                               reference_options=dict(reference_options))
-    by_slice: Dict[str, List[Dict[str, Any]]] = {}
-    for entry in obj["results"]:
-        by_slice.setdefault(json.dumps(entry["slice"], sort_keys=True), []).append(entry)
-    merged: List[Dict[str, Any]] = []
-    for i, entry in enumerate(final["results"]):
-        merged.append(entry)
-        key = json.dumps(entry["slice"], sort_keys=True)
-        nxt = final["results"][i + 1] if i + 1 < len(final["results"]) else None
-        if nxt is None or json.dumps(nxt["slice"], sort_keys=True) != key:
-            merged.extend(by_slice.pop(key, []))
-    for rest in by_slice.values():
-        merged.extend(rest)
+    merged = merge_reference_entries(final["results"], obj["results"])
     md = dict(final["metadata"])
     md["attacks"] = list(md.get("attacks") or []) + list(attacks)
-    info = dict(obj["metadata"]["reference_models"])
-    info["evaluated"] = "final model only (the references reproduce the complete training run)"
-    mismatches = ledger_mismatches(refs.metadata.get("recipe") or {}, ledger)
-    info["recipe_mismatches"] = mismatches
-    if mismatches:
-        _LOG.warning("the reference models' recipe differs from the target's: %s", "; ".join(mismatches))
-    md["reference_models"] = info
+    md["reference_models"] = _reference_models_info(obj["metadata"]["reference_models"], refs.metadata, ledger)
     out = results_lib.build_results(merged, md, final.get("skipped_slices", []))
     if per_example_path:
         import pyarrow as pa
@@ -286,6 +272,49 @@ def reference_attack_results(final: Dict[str, Any], *, records: Mapping[str, Any
         for name, scores in _reference_scores(inputs, refs, attacks, reference_options).items():
             cols[f"score_{name}"] = scores
         _write_bytes(per_example_path, _parquet_bytes(pa, pq, cols))
+    return out
+
+
+def _reference_models_info(info: Mapping[str, Any], reference_metadata: Mapping[str, Any],
+                           ledger: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """The results' ``metadata.reference_models``: the attacks' record plus what was evaluated and the recipe
+    fields in which the references differ from the target's ledger (logged)."""
+    info = dict(info)
+    info["evaluated"] = "final model only (the references reproduce the complete training run)"
+    mismatches = ledger_mismatches(reference_metadata.get("recipe") or {}, ledger)
+    info["recipe_mismatches"] = mismatches
+    if mismatches:
+        _LOG.warning("the reference models' recipe differs from the target's: %s", "; ".join(mismatches))
+    return info
+
+
+def beam_reference_results(final: Dict[str, Any], *, signals_path: str, ledger: Optional[Mapping[str, Any]] = None,
+                           scores_dir: Optional[str] = None, per_example_path: Optional[str] = None
+                           ) -> Dict[str, Any]:
+    """Completes the final results whose reference-attack entries the Beam pipeline added (:mod:`.beam.reference`,
+    signals from the Parquet ``signals_path``): what was evaluated and the recipe mismatches in
+    ``metadata.reference_models``; the per-example scores the pipeline wrote under ``scores_dir`` gathered into
+    ``per_example_path`` (one file, members then non-members by id, as the in-driver path writes it)."""
+    from privacy_audit.components.membership_inference import results as results_lib
+    from privacy_audit.components.membership_inference.beam.reference import read_scores
+    from privacy_audit.components.reference_models.signals import read_signals_parquet_info
+
+    md = dict(final["metadata"])
+    md["reference_models"] = _reference_models_info(md.get("reference_models") or {},
+                                                    read_signals_parquet_info(signals_path).metadata, ledger)
+    out = results_lib.build_results(final["results"], md, final.get("skipped_slices", []))
+    if scores_dir:
+        try:
+            if per_example_path:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+
+                cols = read_scores(scores_dir)
+                if cols:
+                    cols["example_id"] = cols["example_id"].astype("uint64")
+                    _write_bytes(per_example_path, _parquet_bytes(pa, pq, cols))
+        finally:
+            io.rmtree(scores_dir)
     return out
 
 
@@ -332,6 +361,17 @@ def resolve_serving(model_dir: str, options: Any, probe_pattern: str) -> Any:
 # The evaluation
 # ---------------------------------------------------------------------------------------------------------
 
+def audit_progress_line(variant: str, all_results: Mapping[str, Mapping[str, Any]], seconds: float) -> str:
+    """``[variant] audited K model(s) x N examples in T s: t s per model, R examples/s`` (N from the final
+    model's results: members + non-members)."""
+    k = max(1, len(all_results))
+    md = (list(all_results.values())[-1] or {}).get("metadata", {}) if all_results else {}
+    n = int(md.get("n_members") or 0) + int(md.get("n_nonmembers") or 0)
+    rate = f", {k * n / seconds:,.0f} examples/s" if n and seconds > 0 else ""
+    return (f"[{variant}] audited {k} model(s) x {n:,} examples in {seconds:.1f}s: {seconds / k:.1f}s per "
+            f"model{rate}")
+
+
 def evaluate(p: Mapping[str, Any], *, members_pattern: str, nonmembers_pattern: str, model_uri: str,
              results_uri: str, blessing_uri: str, model_id: Optional[int] = None,
              model_properties: Optional[Mapping[str, Any]] = None, model_run_uri: Optional[str] = None,
@@ -354,8 +394,10 @@ def evaluate(p: Mapping[str, Any], *, members_pattern: str, nonmembers_pattern: 
     """
     from privacy_audit.components.membership_inference import gate, results as results_lib
     from privacy_audit.components.membership_inference.beam import driver
+    from privacy_audit.components.membership_inference.beam.reference import ReferenceAttackSpec
     from privacy_audit.components.membership_inference.beam.transforms import read_outputs
     from privacy_audit.components.membership_inference.settings import DEFAULT_SAMPLE_SIZE
+    from privacy_audit.components.reference_models.signals import SIGNALS_PARQUET_FILE
 
     props = dict(model_properties or {})
     if baseline is not None:
@@ -397,17 +439,45 @@ def evaluate(p: Mapping[str, Any], *, members_pattern: str, nonmembers_pattern: 
         targets[final_model.key] = dataclasses.replace(targets[final_model.key], results_path=None)
     per_example = io.join(results_uri, layout.PER_EXAMPLE_DIR) if bool(p.get("write_per_example", 1)) else None
 
-    # The reference attacks reuse the final model's outputs as the pipeline computed them.
-    kept = io.join(results_uri, ".final-outputs") if reference_attacks else None
-    all_results = driver.audit_examples(
-        members_pattern, nonmembers_pattern, [m for m, _ in evaluated], targets, label_key=label_key,
-        input_features=input_features, settings=settings, staging_dir=io.join(results_uri, ".staging"),
-        per_example_dir=per_example, make_pipeline=make_pipeline, split_names=(members_split, nonmembers_split),
-        keep_outputs=(final_model.key, kept) if kept else None)
+    # With the references' Parquet signals, LiRA / RMIA run inside the pipeline (joined by example id); else
+    # (artifacts written before it) they reuse the final model's outputs as the pipeline computed them and
+    # score in this process from the whole signal matrix.
+    signals_parquet = io.join(references_uri, SIGNALS_PARQUET_FILE) if reference_attacks else None
+    in_beam = bool(signals_parquet) and io.exists(signals_parquet)
+    kept = io.join(results_uri, ".final-outputs") if reference_attacks and not in_beam else None
+    scores_dir = io.join(results_uri, ".reference-scores") if in_beam and per_example else None
+    references = None
+    if in_beam:
+        references = ReferenceAttackSpec(final_model.key, signals_parquet, tuple(reference_attacks),
+                                         reference_options, seed=settings.seed, per_example_dir=scores_dir)
+    _LOG.info("reference attacks %s: %s", reference_attacks,
+              "in the Beam pipeline" if in_beam else "in the driver" if reference_attacks else "none")
+    print(f"[{variant}] auditing {len(evaluated)} model(s) (checkpoints and final) on the members and "
+          f"non-members: one Beam pipeline, the examples read once", flush=True)
+    started = time.time()
+    try:
+        all_results = driver.audit_examples(
+            members_pattern, nonmembers_pattern, [m for m, _ in evaluated], targets, label_key=label_key,
+            input_features=input_features, settings=settings, staging_dir=io.join(results_uri, ".staging"),
+            per_example_dir=per_example, make_pipeline=make_pipeline, split_names=(members_split, nonmembers_split),
+            keep_outputs=(final_model.key, kept) if kept else None, references=references)
+    except BaseException:
+        for scratch in (kept, scores_dir):
+            if scratch:
+                io.rmtree(scratch)
+        raise
     n_files = _write_index(results_uri, variant, evaluated, bool(per_example))
+    print(audit_progress_line(variant, all_results, time.time() - started), flush=True)
 
     final = all_results[final_model.key]
-    if reference_attacks:
+    reference_per_example = (io.join(results_uri, layout.PER_EXAMPLE_REFERENCE_DIR, f"{final_model.key}.parquet")
+                             if per_example else None)
+    if in_beam:
+        final = beam_reference_results(final, signals_path=signals_parquet, ledger=ledger, scores_dir=scores_dir,
+                                       per_example_path=reference_per_example)
+        final["metadata"]["reference_models"]["artifact"] = references_uri
+        io.write_text(final_path, results_lib.dumps_results(final) + "\n")
+    elif reference_attacks:
         try:
             records = read_outputs(kept)
         finally:
@@ -415,8 +485,7 @@ def evaluate(p: Mapping[str, Any], *, members_pattern: str, nonmembers_pattern: 
         final = reference_attack_results(
             final, records=records, references_path=io.join(references_uri, layout.SIGNALS_FILE),
             attacks=reference_attacks, settings=settings, reference_options=reference_options, ledger=ledger,
-            per_example_path=(io.join(results_uri, layout.PER_EXAMPLE_REFERENCE_DIR, f"{final_model.key}.parquet")
-                              if per_example else None))
+            per_example_path=reference_per_example)
         final["metadata"]["reference_models"]["artifact"] = references_uri
         io.write_text(final_path, results_lib.dumps_results(final) + "\n")
     audit = _read_json(io.join(model_run_uri, layout.ONE_RUN_AUDIT_FILE)) if model_run_uri else None

@@ -52,11 +52,11 @@ class AuditSettings:
         object.__setattr__(self, "attacks", tuple(attacks_mod.check_attack_names(list(self.attacks))))
         with_references = attacks_mod.reference_attack_names(self.attacks)
         if with_references:
-            # Their per-example fits need the whole reference matrix: the evaluator scores them in memory on
-            # the final model (executor.reference_attack_results), beside the references it was trained with.
-            raise ValueError(f"{', '.join(with_references)} are not run by the Beam path: they need reference "
-                             "models (the evaluator's reference_models input, or privacy-audit attack with "
-                             "ref_logits/ref_in_mask in the .npz)")
+            # They need the reference models' signals: given to the pipeline separately
+            # (beam.reference.ReferenceAttackSpec, joined by example id), not as an attack name here.
+            raise ValueError(f"{', '.join(with_references)} need reference models: give the reference signals "
+                             "(the evaluator's reference_models input, beam.reference.ReferenceAttackSpec, or "
+                             "privacy-audit attack with ref_logits/ref_in_mask in the .npz)")
         if self.slicing.custom:
             raise ValueError("custom slices (row indices) are not supported by the Beam path; slice by a "
                              "feature (feature_keys) instead")

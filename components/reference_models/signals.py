@@ -8,6 +8,12 @@ record: the recipe, the seed and a fingerprint of the population. With ``cache_p
 :func:`train_reference_models` reuses a stored matrix whose fingerprint matches (same population,
 recipe, seed, K and model architecture) instead of training again: scheduled re-audits of a model
 retrained on the same data pay for the references once.
+
+Beside the ``.npz``, the trainer writes the per-example signals the attacks use as Parquet keyed by example id
+(:data:`SIGNALS_PARQUET_FILE`, :class:`SignalsParquetWriter`: one float per model and example for LiRA and for
+RMIA, and the inclusion mask): the evaluator's Beam pipeline joins them with the target's records, so no process
+holds the K x M x C logits. Files without it (older artifacts) are scored in the evaluator's driver from the
+``.npz``; :func:`signals_parquet_from_file` derives the Parquet file from such an ``.npz``.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from privacy_audit.components.common import io
-from privacy_audit.components.common.layout import SIGNALS_FILE  # noqa: F401 (its name in a ReferenceModels)
+from privacy_audit.components.common.layout import SIGNALS_FILE, SIGNALS_PARQUET_FILE  # noqa: F401
 
 
 FORMAT_VERSION = 1
@@ -157,3 +163,173 @@ class ReferenceSignals:
                 "in_per_example_max": int(self.in_mask.sum(axis=0).max()),
                 **{key: self.metadata[key] for key in ("seed", "fraction", "recipe", "init")
                    if key in self.metadata}}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-example signals as Parquet: what the Beam reference attacks read (membership_inference.beam.reference)
+# ---------------------------------------------------------------------------------------------------------
+
+#: The Parquet file's key-value metadata entry holding ``{"format_version", "k", "metadata"}`` as JSON.
+PARQUET_METADATA_KEY = b"privacy_audit.reference_signals"
+#: Rows per Parquet row group (the Beam reader's unit of work).
+PARQUET_ROW_GROUP_ROWS = 65536
+
+
+def parquet_beside(npz_path: str) -> str:
+    """The Parquet signals' path in the directory of a signals ``.npz`` (:data:`SIGNALS_PARQUET_FILE`)."""
+    return io.join(io.dirname(npz_path), SIGNALS_PARQUET_FILE)
+
+
+def example_signals(logits: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """``(lira, rmia)``, each [K, n] float64: the logit-scaled true-class confidence (LiRA's signal,
+    computed stably from logits) and the true-class probability (RMIA's) of each model and example, from
+    ``logits`` [K, n, C] (or [K, n] single logits of a binary model) and ``labels`` [n]; the same functions
+    and arithmetic as the in-driver scoring (``attacks.reference.score_with_references``)."""
+    from privacy_audit.components.membership_inference.attacks.signals import (
+        logit_scaled_confidence, true_class_probability)
+
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim == 2:  # single-logit binary models, as the in-driver path widens them
+        z = np.stack([np.zeros_like(z), z], axis=-1)
+    return logit_scaled_confidence(z, labels), true_class_probability(z, labels)
+
+
+def _fixed_list(pa, matrix: np.ndarray):
+    """[n, K] array → a FixedSizeList<K> column."""
+    matrix = np.ascontiguousarray(matrix)
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+
+
+class SignalsParquetWriter:
+    """Writes the per-example reference signals as Parquet, one chunk of examples at a time (a chunk's signals
+    are computed, written as one row group and dropped before the next: memory is one chunk's).
+
+    Columns: ``id`` uint64 (the evaluator's example id), ``label`` int64, ``lira`` and ``rmia``
+    FixedSizeList<float64>[K] (:func:`example_signals`), ``in_mask`` FixedSizeList<bool>[K] (reference model k
+    trained on the example). The file's key-value metadata holds K and ``metadata`` (JSON). The file appears at
+    ``path`` (atomically) when the ``with`` block ends without error.
+
+        with SignalsParquetWriter(path, k, metadata) as w:
+            w.write(logits_chunk [K, n, C], in_mask_chunk [K, n], ids [n], labels [n])
+    """
+
+    def __init__(self, path: str, k: int, metadata: Optional[Mapping[str, Any]] = None):
+        import pyarrow as pa
+
+        self.path = path
+        self.k = int(k)
+        self.rows = 0
+        info = {"format_version": FORMAT_VERSION, "k": self.k, "metadata": dict(metadata or {})}
+        self.schema = pa.schema(
+            [("id", pa.uint64()), ("label", pa.int64()), ("lira", pa.list_(pa.float64(), self.k)),
+             ("rmia", pa.list_(pa.float64(), self.k)), ("in_mask", pa.list_(pa.bool_(), self.k))],
+            metadata={PARQUET_METADATA_KEY: json.dumps(info, sort_keys=True, allow_nan=False)})
+
+    def __enter__(self) -> "SignalsParquetWriter":
+        import pyarrow.parquet as pq
+
+        self._local = io.local_file(self.path, ".parquet")
+        tmp = self._local.__enter__()
+        self._writer = pq.ParquetWriter(tmp, self.schema)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._writer.close()
+        self._local.__exit__(*exc)
+
+    def write(self, logits: np.ndarray, in_mask: np.ndarray, ids: np.ndarray, labels: np.ndarray) -> None:
+        """One row group: ``logits`` [K, n, C] (or [K, n]), ``in_mask`` [K, n], ``ids`` [n], ``labels`` [n]."""
+        import pyarrow as pa
+
+        logits, in_mask = np.asarray(logits), np.asarray(in_mask, dtype=bool)
+        ids, labels = np.asarray(ids).astype(np.uint64), np.asarray(labels).astype(np.int64)
+        n = ids.shape[0]
+        if in_mask.shape != (self.k, n) or logits.shape[:2] != (self.k, n) or labels.shape != (n,):
+            raise ValueError(f"reference signals: logits {logits.shape}, in_mask {in_mask.shape}, ids {ids.shape} and "
+                             f"labels {labels.shape} must agree on K = {self.k} models and n = {n} examples")
+        lira, rmia = example_signals(logits, labels)
+        self._writer.write_table(pa.table(
+            [pa.array(ids), pa.array(labels), _fixed_list(pa, lira.T), _fixed_list(pa, rmia.T),
+             _fixed_list(pa, in_mask.T)], schema=self.schema), row_group_size=max(n, 1))
+        self.rows += n
+
+
+def write_signals_parquet(path: str, logits: np.ndarray, in_mask: np.ndarray, ids: np.ndarray,
+                          labels: np.ndarray, metadata: Optional[Mapping[str, Any]] = None,
+                          row_group_rows: int = PARQUET_ROW_GROUP_ROWS) -> int:
+    """Writes the per-example reference signals of M examples as Parquet (:class:`SignalsParquetWriter`),
+    ``row_group_rows`` examples per row group; returns the number of rows written.
+
+    Args:
+      path: the Parquet file (written atomically).
+      logits: [K, M, C] (or [K, M]) reference logits; in_mask: [K, M] bool; ids: [M] uint64; labels: [M] int.
+    """
+    in_mask = np.asarray(in_mask, dtype=bool)
+    k, m = in_mask.shape
+    ids, labels = np.asarray(ids), np.asarray(labels)
+    if np.shape(logits)[:2] != (k, m) or ids.shape != (m,) or labels.shape != (m,):
+        raise ValueError(f"reference signals: logits {np.shape(logits)}, in_mask {in_mask.shape}, ids {ids.shape} and "
+                         f"labels {labels.shape} must agree on K = {k} models and M = {m} examples")
+    with SignalsParquetWriter(path, k, metadata) as writer:
+        for start in range(0, m, row_group_rows):
+            sl = slice(start, min(start + row_group_rows, m))
+            writer.write(logits[:, sl], in_mask[:, sl], ids[sl], labels[sl])
+    return m
+
+
+def signals_parquet_from_file(npz_path: str, parquet_path: str) -> int:
+    """Derives the Parquet signals of a reference-signals ``.npz`` (:func:`save_reference_signals`) that has
+    per-example ``id`` (or ``sha1``) and ``label`` columns; returns the rows written. For artifacts written
+    before the trainer wrote the Parquet file beside the ``.npz``."""
+    refs = load_reference_file(npz_path)
+    if "id" not in refs.examples and "sha1" in refs.examples:
+        refs.examples["id"] = sha1_to_id(refs.examples["sha1"])
+    missing = [c for c in ("id", "label") if c not in refs.examples]
+    if missing:
+        raise ValueError(f"{npz_path}: no per-example {missing} column(s): the Parquet signals need ids and labels")
+    return write_signals_parquet(parquet_path, refs.logits, refs.in_mask, refs.examples["id"], refs.examples["label"],
+                                 refs.metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class SignalsParquetInfo:
+    """What a Parquet signals file holds: K, the training record, and its row groups (the Beam read units)."""
+
+    path: str
+    k: int
+    metadata: Dict[str, Any]
+    n_rows: int
+    row_groups: int
+
+
+def read_signals_parquet_info(path: str) -> SignalsParquetInfo:
+    """Reads the footer of a file written by :func:`write_signals_parquet` (ValueError if it is not one)."""
+    import pyarrow.parquet as pq
+
+    with io.open(path, "rb") as f:
+        meta = pq.ParquetFile(f).metadata
+        kv = meta.metadata or {}
+        if PARQUET_METADATA_KEY not in kv:
+            raise ValueError(f"{path}: not a reference-signals Parquet file (no {PARQUET_METADATA_KEY.decode()} "
+                             "metadata)")
+        info = json.loads(kv[PARQUET_METADATA_KEY])
+        if info.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: unsupported format_version {info.get('format_version')!r}")
+        return SignalsParquetInfo(path, int(info["k"]), dict(info.get("metadata") or {}), int(meta.num_rows),
+                                  int(meta.num_row_groups))
+
+
+def read_signals_row_group(path: str, index: int) -> Dict[str, np.ndarray]:
+    """One row group of a Parquet signals file as columns: ``id`` [n] uint64, ``label`` [n] int64, ``lira`` and
+    ``rmia`` [K, n] float64 (C-contiguous, the in-driver layout), ``in_mask`` [K, n] bool."""
+    import pyarrow.parquet as pq
+
+    with io.open(path, "rb") as f:
+        table = pq.ParquetFile(f).read_row_group(index)
+    out: Dict[str, np.ndarray] = {"id": table.column("id").to_numpy().astype(np.uint64),
+                                  "label": table.column("label").to_numpy().astype(np.int64)}
+    for name in ("lira", "rmia", "in_mask"):
+        col = table.column(name).combine_chunks()
+        flat = col.flatten().to_numpy(zero_copy_only=False)
+        out[name] = np.ascontiguousarray(flat.reshape(len(col), col.type.list_size).T)
+    return out

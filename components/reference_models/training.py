@@ -33,6 +33,7 @@ on). Measured on the digits demo's non-private target (wide MLP on 463 of 1797 e
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -41,13 +42,14 @@ import numpy as np
 
 from privacy_audit.components.common import io
 from privacy_audit.components.common.inference import predict_fixed_batches
-from privacy_audit.components.common.optimizers import make_optimizer
+from privacy_audit.components.common.optimizers import recipe_optimizer
 from privacy_audit.components.common.recipe import TrainingRecipe
 from privacy_audit.components.reference_models.design import (
     INIT_MODES, architecture_fingerprint, auto_n_jobs, inclusion_matrix, model_seeds, population_fingerprint,
     subset_fraction)
 from privacy_audit.components.reference_models.signals import (
-    FORMAT_VERSION, ReferenceSignals, load_reference_signals, save_reference_signals, sha1_to_id)
+    FORMAT_VERSION, ReferenceSignals, load_reference_signals, parquet_beside, save_reference_signals, sha1_to_id,
+    write_signals_parquet)
 
 
 FIT_BACKENDS = ("auto", "keras", "dp_trainer")
@@ -85,21 +87,23 @@ def train_one(build_model_fn: Callable[[], Any], x_train: np.ndarray, y_train: n
 
     keras.utils.set_random_seed(int(seed))
     model = build_model_fn()
+    steps_per_epoch = math.ceil(len(y_train) / min(recipe.batch_size, len(y_train)))
     if fit_backend(recipe, fit_with) == "keras":
-        model.compile(optimizer=make_optimizer(recipe.optimizer, recipe.learning_rate),
+        model.compile(optimizer=recipe_optimizer(recipe, steps_per_epoch),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         model.fit(x_train, y_train, epochs=int(recipe.epochs), batch_size=int(min(recipe.batch_size, len(y_train))),
                   shuffle=True, verbose=0)
     else:
         from privacy_audit.components.dp_trainer import training
+        from privacy_audit.components.dp_trainer.trainer import fit_adaptive_kwargs
 
         training.fit(model, x_train, y_train, epochs=int(recipe.epochs),
                      expected_batch_size=int(min(recipe.batch_size, len(y_train))),
-                     optimizer=make_optimizer(recipe.optimizer, recipe.learning_rate),
+                     optimizer=recipe_optimizer(recipe, steps_per_epoch),
                      l2_norm_clip=recipe.l2_norm_clip if recipe.private else None,
                      noise_multiplier=float(recipe.noise_multiplier or 0.0) if recipe.private else 0.0,
                      private=recipe.private, sampling=recipe.sampling, seed=int(seed) % (2 ** 31),
-                     verbose=False)
+                     verbose=False, **fit_adaptive_kwargs(recipe))
     # Direct calls in chunks: Model.predict re-traces a function for every new model (K warnings).
     return predict_fixed_batches(model, x_eval, predict_batch_size, pad=False, dtype=np.float32)
 
@@ -343,6 +347,8 @@ def train_for_trainer_recipe(output_path: str, recipe: Any, *, x_members: np.nda
     split = np.asarray([split_names[0]] * n_target + [split_names[1]] * len(y_nonmembers))
     examples = {"sha1": sha1, "id": sha1_to_id(sha1), "label": y, "split": split}
     save_reference_signals(output_path, signals, in_mask, metadata, examples)
+    # The per-example signals keyed by id, which the evaluator's Beam pipeline joins with the target's records.
+    write_signals_parquet(parquet_beside(output_path), signals["logits"], in_mask, examples["id"], y, metadata)
     return ReferenceSignals(signals["logits"], in_mask, examples=examples, metadata=metadata)
 
 
@@ -425,4 +431,5 @@ def train_with_user_trainer(output_path: str, train_reference: Callable[[int, st
     examples = {"sha1": sha1, "id": sha1_to_id(sha1), "label": cols.y, "split": split}
     stacked = np.stack(logits)
     save_reference_signals(output_path, {"logits": stacked}, in_mask, md, examples)
+    write_signals_parquet(parquet_beside(output_path), stacked, in_mask, examples["id"], cols.y, md)
     return ReferenceSignals(stacked, in_mask, examples=examples, metadata=md)

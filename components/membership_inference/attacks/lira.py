@@ -13,7 +13,7 @@ Attacks From First Principles", IEEE S&P 2022):
 from __future__ import annotations
 
 import math
-from typing import Dict
+from typing import Any, Dict, Mapping
 
 import numpy as np
 from scipy import special
@@ -22,25 +22,96 @@ from privacy_audit.components.membership_inference.attacks.signals import DEFAUL
 
 
 def _gaussian_fit(signals: np.ndarray, mask: np.ndarray, ddof: int) -> Dict[str, np.ndarray]:
-    """Per-example count, mean (NaN where count 0), variance (divisor count - ddof; NaN where count < 2)
-    of the entries of ``signals`` [K, N] selected by ``mask`` [K, N]; plus the pooled variance."""
+    """Per-example count, sum, mean (NaN where count 0), sum of squared deviations and variance (divisor
+    count - ddof; NaN where count < 2) of the entries of ``signals`` [K, N] selected by ``mask`` [K, N].
+    Each column's values depend on that column only (so batches of columns give the same numbers)."""
     count = mask.sum(axis=0)
     total = np.where(mask, signals, 0.0).sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
         sq_dev = np.where(mask, (signals - np.where(count > 0, mean, 0.0)[None, :]) ** 2, 0.0).sum(axis=0)
         var = np.where(count >= 2, sq_dev / np.maximum(count - ddof, 1), np.nan)
+    return {"count": count, "total": total, "mean": mean, "sq_dev": sq_dev, "var": var}
+
+
+def _pooled_var(fit: Mapping[str, np.ndarray], ddof: int) -> float:
+    """The pooled within-example variance of one kind from the per-example fits (see :func:`lira_scores`)."""
+    count, sq_dev = fit["count"], fit["sq_dev"]
     dof = np.where(count >= 2, count - ddof, 0).sum()
     if dof > 0:
-        pooled = float(sq_dev[count >= 2].sum() / dof)
-    elif mask.sum() >= 2:
+        return float(sq_dev[count >= 2].sum() / dof)
+    if count.sum() >= 2:
         # No example has two references of this kind (e.g. K = 2 with one IN and one OUT each): the
         # variance of all of this kind's signals around their grand mean (it includes the between-example
-        # spread, so it is wide: the attack is then conservative rather than over-confident).
-        pooled = float(np.var(signals[mask], ddof=ddof))
+        # spread, so it is wide: the attack is then conservative rather than over-confident). Each example
+        # has at most one signal of the kind here: its mean.
+        return float(np.var(fit["mean"][count == 1], ddof=ddof))
+    return math.nan
+
+
+def lira_example_fit(ref_signals, ref_in_mask, ddof: int = 0) -> Dict[str, Dict[str, np.ndarray]]:
+    """The per-example part of LiRA's fit: ``{"in": fit, "out": fit}`` of :func:`_gaussian_fit` for
+    ``ref_signals`` [K, N] and ``ref_in_mask`` [K, N] bool (already validated). A column's fit depends on that
+    column only: the Beam path computes it batch by batch (``beam.reference``)."""
+    return {"in": _gaussian_fit(ref_signals, ref_in_mask, ddof),
+            "out": _gaussian_fit(ref_signals, ~ref_in_mask, ddof)}
+
+
+def lira_global_fit(fit_in: Mapping[str, np.ndarray], fit_out: Mapping[str, np.ndarray], ddof: int = 0
+                    ) -> Dict[str, Any]:
+    """The global part of LiRA's fit from every example's per-example fits (in the population's order):
+    ``pooled_var_in/out`` (NaN when undefined), ``shift`` (the IN - OUT gap), ``any_in``, ``any_out``."""
+    count_in, count_out = fit_in["count"], fit_out["count"]
+    any_in, any_out = bool((count_in > 0).any()), bool((count_out > 0).any())
+    both = (count_in > 0) & (count_out > 0)
+    if both.any():
+        shift = float(np.mean(fit_in["mean"][both] - fit_out["mean"][both]))
+    elif any_in and any_out:
+        shift = float(fit_in["total"].sum() / count_in.sum() - fit_out["total"].sum() / count_out.sum())
     else:
-        pooled = math.nan
-    return {"count": count, "mean": mean, "var": var, "pooled_var": pooled}
+        shift = 0.0  # offline with OUT references only: every example has an OUT mean
+    return {"pooled_var_in": _pooled_var(fit_in, ddof), "pooled_var_out": _pooled_var(fit_out, ddof),
+            "shift": shift, "any_in": any_in, "any_out": any_out}
+
+
+def lira_scores_from_fit(target_signal: np.ndarray, fit_in: Mapping[str, np.ndarray],
+                         fit_out: Mapping[str, np.ndarray], global_fit: Mapping[str, Any], online: bool = True,
+                         fixed_variance: bool = False, min_std: float = DEFAULT_MIN_STD,
+                         return_fit: bool = False):
+    """LiRA scores of examples from their per-example fits (:func:`lira_example_fit`, any subset of the
+    population) and the population's :func:`lira_global_fit`; the arithmetic of :func:`lira_scores`."""
+    x = target_signal
+    n = x.shape[0]
+    any_in, any_out = global_fit["any_in"], global_fit["any_out"]
+    if not any_out:
+        raise ValueError("LiRA needs OUT references: every reference model was trained on every example")
+    if online and not any_in:
+        raise ValueError("online LiRA needs IN references (ref_in_mask has no True entry); use online=False")
+    shift = global_fit["shift"]
+    mu_out = np.where(fit_out["count"] > 0, fit_out["mean"], fit_in["mean"] - shift)
+    mu_in = np.where(fit_in["count"] > 0, fit_in["mean"], fit_out["mean"] + shift)
+    pooled_in, pooled_out = global_fit["pooled_var_in"], global_fit["pooled_var_out"]
+
+    def sigma(fit: Mapping[str, np.ndarray], pooled: float, other: float) -> np.ndarray:
+        if math.isnan(pooled):
+            pooled = other if not math.isnan(other) else min_std ** 2
+        var = np.full(n, pooled) if fixed_variance else np.where(fit["count"] >= 2, fit["var"], pooled)
+        return np.maximum(np.sqrt(var), min_std)
+
+    sigma_out = sigma(fit_out, pooled_out, pooled_in)
+    if online:
+        sigma_in = sigma(fit_in, pooled_in, pooled_out)
+        score = _log_normal_pdf(x, mu_in, sigma_in) - _log_normal_pdf(x, mu_out, sigma_out)
+    else:
+        sigma_in = sigma(fit_in, pooled_in, pooled_out) if any_in else np.full(n, np.nan)
+        score = special.log_ndtr((x - mu_out) / sigma_out)
+    if not return_fit:
+        return score
+    fit = {"mu_in": mu_in, "sigma_in": sigma_in, "mu_out": mu_out, "sigma_out": sigma_out,
+           "n_in": fit_in["count"], "n_out": fit_out["count"], "shift": shift,
+           "pooled_sigma_in": math.sqrt(pooled_in) if not math.isnan(pooled_in) else None,
+           "pooled_sigma_out": math.sqrt(pooled_out) if not math.isnan(pooled_out) else None}
+    return score, fit
 
 
 def lira_scores(target_signal, ref_signals, ref_in_mask, online: bool = True, fixed_variance: bool = False,
@@ -85,46 +156,10 @@ def lira_scores(target_signal, ref_signals, ref_in_mask, online: bool = True, fi
         raise ValueError(f"min_std must be a positive number, got {min_std}")
     if ddof not in (0, 1):
         raise ValueError(f"ddof must be 0 or 1, got {ddof!r}")
-    fit_in = _gaussian_fit(s, mask_in, ddof)
-    fit_out = _gaussian_fit(s, ~mask_in, ddof)
-    any_in, any_out = bool(mask_in.any()), bool((~mask_in).any())
-    if not any_out:
-        raise ValueError("LiRA needs OUT references: every reference model was trained on every example")
-    if online and not any_in:
-        raise ValueError("online LiRA needs IN references (ref_in_mask has no True entry); use online=False")
-
-    both = (fit_in["count"] > 0) & (fit_out["count"] > 0)
-    if both.any():
-        shift = float(np.mean(fit_in["mean"][both] - fit_out["mean"][both]))
-    elif any_in:
-        shift = float(s[mask_in].mean() - s[~mask_in].mean())
-    else:
-        shift = 0.0  # offline with OUT references only: every example has an OUT mean
-    mu_out = np.where(fit_out["count"] > 0, fit_out["mean"], fit_in["mean"] - shift)
-    mu_in = np.where(fit_in["count"] > 0, fit_in["mean"], fit_out["mean"] + shift)
-
-    def sigma(fit: Dict[str, np.ndarray]) -> np.ndarray:
-        pooled = fit["pooled_var"]
-        if math.isnan(pooled):
-            other = fit_out if fit is fit_in else fit_in
-            pooled = other["pooled_var"] if not math.isnan(other["pooled_var"]) else min_std ** 2
-        var = np.full(n, pooled) if fixed_variance else np.where(fit["count"] >= 2, fit["var"], pooled)
-        return np.maximum(np.sqrt(var), min_std)
-
-    sigma_out = sigma(fit_out)
-    if online:
-        sigma_in = sigma(fit_in)
-        score = _log_normal_pdf(x, mu_in, sigma_in) - _log_normal_pdf(x, mu_out, sigma_out)
-    else:
-        sigma_in = sigma(fit_in) if any_in else np.full(n, np.nan)
-        score = special.log_ndtr((x - mu_out) / sigma_out)
-    if not return_fit:
-        return score
-    fit = {"mu_in": mu_in, "sigma_in": sigma_in, "mu_out": mu_out, "sigma_out": sigma_out,
-           "n_in": fit_in["count"], "n_out": fit_out["count"], "shift": shift,
-           "pooled_sigma_in": math.sqrt(fit_in["pooled_var"]) if not math.isnan(fit_in["pooled_var"]) else None,
-           "pooled_sigma_out": math.sqrt(fit_out["pooled_var"]) if not math.isnan(fit_out["pooled_var"]) else None}
-    return score, fit
+    fits = lira_example_fit(s, mask_in, ddof)
+    return lira_scores_from_fit(x, fits["in"], fits["out"], lira_global_fit(fits["in"], fits["out"], ddof),
+                                online=online, fixed_variance=fixed_variance, min_std=min_std,
+                                return_fit=return_fit)
 
 
 def _log_normal_pdf(x: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:

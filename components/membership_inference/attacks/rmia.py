@@ -84,9 +84,31 @@ def rmia_scores(target_probs, ref_probs, ref_in_mask, population_target_probs, p
     if not 0.0 <= offline_a <= 1.0:
         raise ValueError(f"offline_a must be in [0, 1], got {offline_a}")
 
-    pr_x = _reference_average(rp, in_mask, online, offline_a)
-    pr_z = _reference_average(rpz, pop_mask, online, offline_a)
-    log_rx = np.log(np.maximum(px, MIN_PROB)) - np.log(np.maximum(pr_x, MIN_PROB))
-    log_rz = np.sort(np.log(np.maximum(pz, MIN_PROB)) - np.log(np.maximum(pr_z, MIN_PROB)))
-    counts = np.searchsorted(log_rz, log_rx - math.log(gamma), side="right")
-    return counts / float(zn)
+    log_rx = rmia_log_ratio(px, rp, in_mask, online, offline_a)
+    log_rz = np.sort(rmia_log_ratio(pz, rpz, pop_mask, online, offline_a))
+    return rmia_scores_from_population(log_rx, log_rz, gamma)
+
+
+def rmia_log_ratio(target_probs: np.ndarray, ref_probs: np.ndarray, in_mask: Optional[np.ndarray], online: bool,
+                   offline_a: float) -> np.ndarray:
+    """log r(x) = log Pr(x|theta) - log Pr(x) per example ([N] from ``target_probs`` [N], ``ref_probs`` [K, N],
+    ``in_mask`` [K, N] or None; validated arrays). A column's value depends on that column only (the Beam path
+    computes it batch by batch, ``beam.reference``)."""
+    return log_ratio(target_probs, _reference_average(ref_probs, in_mask, online, offline_a))
+
+
+def reference_average(ref_probs: np.ndarray, in_mask: Optional[np.ndarray], online: bool, a: float) -> np.ndarray:
+    """Pr(x) per example from ``ref_probs`` [K, N] (see :func:`rmia_scores`); per column, as
+    :func:`rmia_log_ratio` uses it."""
+    return _reference_average(ref_probs, in_mask, online, a)
+
+
+def log_ratio(target_probs: np.ndarray, pr_x: np.ndarray) -> np.ndarray:
+    """log Pr(x|theta) - log Pr(x), both floored at 1e-30."""
+    return np.log(np.maximum(target_probs, MIN_PROB)) - np.log(np.maximum(pr_x, MIN_PROB))
+
+
+def rmia_scores_from_population(log_rx: np.ndarray, sorted_log_rz: np.ndarray, gamma: float = 1.0) -> np.ndarray:
+    """score(x) = (1/Z) #{z : log r(z) <= log r(x) - log gamma} from the population's sorted log-ratios [Z]."""
+    counts = np.searchsorted(sorted_log_rz, log_rx - math.log(gamma), side="right")
+    return counts / float(sorted_log_rz.shape[0])

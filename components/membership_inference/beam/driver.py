@@ -20,6 +20,7 @@ from privacy_audit.components.membership_inference.api import DEFAULT_ATTACKS, D
 from privacy_audit.components.membership_inference.beam.sources import (
     ExamplesToOutputs, ModelToEvaluate, ReadSavedOutputs, inspect_split
 )
+from privacy_audit.components.membership_inference.beam.reference import ReferenceAttackSpec
 from privacy_audit.components.membership_inference.beam.transforms import AnalyzeOutputs
 from privacy_audit.components.membership_inference.records import DEFAULT_BATCH_ROWS
 from privacy_audit.components.membership_inference.settings import AuditSettings, OutputTarget
@@ -100,7 +101,9 @@ def audit_saved_outputs(input_path: str, output_path: str, attacks: Sequence[str
                         min_slice_size: int = slicing_lib.DEFAULT_MIN_SLICE_SIZE, *,
                         metadata: Optional[Mapping[str, Any]] = None, per_example_dir: Optional[str] = None,
                         beam_pipeline_args: Optional[Sequence[str]] = None, runner=None,
-                        batch_rows: int = DEFAULT_BATCH_ROWS, **settings_kwargs: Any) -> Dict[str, Any]:
+                        batch_rows: int = DEFAULT_BATCH_ROWS, reference_signals: Optional[str] = None,
+                        reference_attacks: Sequence[str] = (), reference_options: Optional[Mapping[str, Any]] = None,
+                        **settings_kwargs: Any) -> Dict[str, Any]:
     """The Beam version of ``privacy-audit attack``: attacks on saved model outputs, results JSON written
     to ``output_path`` (and returned).
 
@@ -115,6 +118,9 @@ def audit_saved_outputs(input_path: str, output_path: str, attacks: Sequence[str
         ``["--runner=DaskRunner", "--dask_client_address=tcp://..."]``.
       runner: a runner instance (overrides ``--runner``).
       batch_rows: rows per record batch.
+      reference_signals, reference_attacks, reference_options: LiRA / RMIA (``reference_attacks``, e.g. ``["lira",
+        "rmia"]``) with the reference models' Parquet signals (``reference_models.signals.write_signals_parquet``),
+        joined with the records by example id inside the pipeline (:mod:`.reference`).
       settings_kwargs: other :class:`AuditSettings` fields (sample_size, max_distinct_scores, ...).
     Raises ``data.InputValidationError`` (a ValueError) on invalid inputs, with counts.
     """
@@ -129,10 +135,18 @@ def audit_saved_outputs(input_path: str, output_path: str, attacks: Sequence[str
     staging = os.path.join(os.path.dirname(os.path.abspath(output_path)) if "://" not in output_path
                            else output_path.rsplit("/", 1)[0], f".beam-staging-{uuid.uuid4().hex[:12]}")
     targets = {"model": OutputTarget(output_path, md)}
+    references = None
+    if reference_attacks:
+        if not reference_signals:
+            raise ValueError(f"attacks {list(reference_attacks)} need reference_signals (a Parquet signals file)")
+        references = ReferenceAttackSpec("model", reference_signals, tuple(reference_attacks),
+                                         dict(reference_options or {}), seed=settings.seed,
+                                         per_example_dir=per_example_dir and os.path.join(per_example_dir, "reference"))
     options = pipeline_options(beam_pipeline_args)
     p = beam.Pipeline(runner=runner, options=options)
     (p | "Read" >> source
-     | "Analyze" >> AnalyzeOutputs(settings, targets, staging, per_example_dir, source.content_ids))
+     | "Analyze" >> AnalyzeOutputs(settings, targets, staging, per_example_dir, source.content_ids,
+                                   references=references))
     try:
         run_pipeline(p)
         _collect_outcomes(staging, ["model"])
@@ -164,7 +178,8 @@ def audit_examples(members_pattern: str, nonmembers_pattern: str, models: Sequen
                    make_pipeline: Optional[Callable[[], Any]] = None,
                    batch_size: int = DEFAULT_INFERENCE_BATCH,
                    split_names: Tuple[str, str] = ("train", "eval"),
-                   keep_outputs: Optional[Tuple[str, str]] = None) -> Dict[str, Dict[str, Any]]:
+                   keep_outputs: Optional[Tuple[str, str]] = None,
+                   references: Optional[ReferenceAttackSpec] = None) -> Dict[str, Dict[str, Any]]:
     """Evaluates Keras models on TFX Examples in one Beam pipeline (the examples are read once).
 
     Args:
@@ -179,6 +194,8 @@ def audit_examples(members_pattern: str, nonmembers_pattern: str, models: Sequen
       split_names: split names used in error messages.
       keep_outputs: ``(model_key, directory)``: keep that model's per-example records there
         (``transforms.read_outputs`` reads them back).
+      references: LiRA / RMIA of one model with the reference models' Parquet signals, inside the pipeline
+        (:class:`.reference.ReferenceAttacks`); their entries join that model's results.
     Returns ``{model_key: results object}``. Raises ValueError for an empty split, a feature key absent from
     the examples, and invalid model outputs (counted).
     """
@@ -201,7 +218,7 @@ def audit_examples(members_pattern: str, nonmembers_pattern: str, models: Sequen
     (p | "Examples" >> ExamplesToOutputs(members_files, nonmembers_files, models, label_key, input_features,
                                          settings.slicing.feature_keys, batch_size, batching)
      | "Analyze" >> AnalyzeOutputs(settings, targets, staging_dir, per_example_dir, count_duplicates=True,
-                                   keep_outputs=keep_outputs))
+                                   keep_outputs=keep_outputs, references=references))
     try:
         run_pipeline(p)
         outcomes = _collect_outcomes(staging_dir, [m.key for m in models])

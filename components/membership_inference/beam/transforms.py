@@ -6,6 +6,8 @@ checkpoint):
                                                              └► (model, slice): PrioritySampleCombineFn
                                                                    ─► (model, slice, attack) ─► attack on sample
                                                                                                  (trained attacks)
+    clean batches of one model ⋈ reference signals (by example id) ─► LiRA / RMIA ─► ScoreCountsCombineFn
+                                                                     (optional, :mod:`.reference`)
     ─► GroupByKey(model) ─► results JSON per model (:mod:`..assemble`), written by the pipeline;
        per-example Parquet (per_example/<model>/part-*.parquet), optional.
 
@@ -35,6 +37,8 @@ from privacy_audit.components.membership_inference import data as data_lib
 from privacy_audit.components.membership_inference import metrics as metrics_lib
 from privacy_audit.components.membership_inference import results as results_lib
 from privacy_audit.components.membership_inference.assemble import assemble_results
+from privacy_audit.components.membership_inference.beam.reference import (
+    REFERENCE_ITEM_KINDS, ReferenceAttacks, ReferenceAttackSpec, add_reference_items)
 from privacy_audit.components.membership_inference.records import FEATURE_PREFIX, n_rows, prepare_batch
 from privacy_audit.components.membership_inference.settings import AuditSettings, OutputTarget, THRESHOLD_ATTACKS
 from privacy_audit.components.membership_inference.slicing import batch_slices, decile_edges, slice_key
@@ -203,12 +207,19 @@ class ThresholdResultFn(beam.DoFn):
         yield _counts_item(model_key, key, n_m, n_n)
         if n_m < self.settings.min_slice_size or n_n < self.settings.min_slice_size:
             return
-        entry: Dict[str, Any] = {"slice": json.loads(key), "attack": attack}
-        entry.update(hist.metrics(**self.settings.metric_kwargs()))
-        approx = hist.approximation()
-        if approx is not None:
-            entry["approximation"] = approx
-        yield model_key, ("result", key, attack, entry)
+        yield model_key, ("result", key, attack, histogram_entry(key, attack, hist, self.settings))
+
+
+def histogram_entry(key: str, attack: str, hist: combiners.ScoreHistogram, settings: AuditSettings
+                    ) -> Dict[str, Any]:
+    """The result row of an attack measured by its per-slice score counts (exact, or the histogram's
+    approximation described in ``approximation``)."""
+    entry: Dict[str, Any] = {"slice": json.loads(key), "attack": attack}
+    entry.update(hist.metrics(**settings.metric_kwargs()))
+    approx = hist.approximation()
+    if approx is not None:
+        entry["approximation"] = approx
+    return entry
 
 
 def sample_to_inputs(sample: combiners.SliceSample) -> data_lib.AttackInputs:
@@ -406,15 +417,22 @@ class WriteResultsFn(beam.DoFn):
     without ``results_path`` (the driver adds to the results before writing them once) gets its results
     object in the outcome record instead."""
 
-    def __init__(self, settings: AuditSettings, targets: Mapping[str, OutputTarget], staging_dir: str):
+    def __init__(self, settings: AuditSettings, targets: Mapping[str, OutputTarget], staging_dir: str,
+                 reference_attacks: Tuple[str, ...] = ()):
         self.settings = settings
         self.targets = dict(targets)
         self.staging_dir = staging_dir
+        self.reference_attacks = tuple(reference_attacks)
 
     def process(self, element):
         model_key, items = element
         target = self.targets[model_key]
-        obj, errors, info = assemble_results(items, self.settings, target.metadata)
+        items = list(items)
+        reference_items = [it for it in items if it[0] in REFERENCE_ITEM_KINDS]
+        obj, errors, info = assemble_results([it for it in items if it[0] not in REFERENCE_ITEM_KINDS],
+                                             self.settings, target.metadata)
+        if obj is not None and reference_items:
+            obj = add_reference_items(obj, reference_items, self.reference_attacks)
         outcome = {"model_key": model_key, "ok": obj is not None, "errors": errors, **info,
                    "results_path": target.results_path if obj is not None else None}
         if obj is not None and target.results_path is None:
@@ -436,12 +454,15 @@ class AnalyzeOutputs(beam.PTransform):
       per_example_dir: per-example Parquet root (None: not written).
       count_duplicates: count ids present on both sides (ids must identify examples' content).
       keep_outputs: ``(model_key, directory)``: that model's per-example records are kept (:class:`WriteOutputsFn`).
+      references: LiRA / RMIA of one model with the reference models' Parquet signals, joined by id inside
+        the pipeline (:class:`.reference.ReferenceAttacks`); their entries join that model's results.
     """
 
     def __init__(self, settings: AuditSettings, targets: Mapping[str, OutputTarget], staging_dir: str,
                  per_example_dir: Optional[str] = None, count_duplicates: bool = False,
-                 keep_outputs: Optional[Tuple[str, str]] = None):
+                 keep_outputs: Optional[Tuple[str, str]] = None, references: Optional[ReferenceAttackSpec] = None):
         super().__init__()
+        self.references = references
         self.settings = settings
         self.targets = dict(targets)
         self.staging_dir = staging_dir
@@ -476,6 +497,8 @@ class AnalyzeOutputs(beam.PTransform):
                          | "TrainedAttacks" >> beam.ParDo(TrainedAttackFn(s)))
         if self.per_example_dir:
             items.append(clean | "WritePerExample" >> beam.ParDo(WritePerExampleFn(self.per_example_dir, s)))
+        if self.references is not None:
+            items.append(clean | "ReferenceAttacks" >> ReferenceAttacks(self.references, s, plans))
         if self.keep_outputs:
             key, directory = self.keep_outputs
             _ = clean | "KeepOutputs" >> beam.ParDo(WriteOutputsFn(directory, key))
@@ -489,6 +512,8 @@ class AnalyzeOutputs(beam.PTransform):
                          | "DupItems" >> beam.FlatMap(lambda kv: [(k, ("duplicates", kv[1])) for k in keys]))
         return (items | "AllItems" >> beam.Flatten()
                 | "ByModel" >> beam.GroupByKey()
-                | "WriteResults" >> beam.ParDo(WriteResultsFn(s, self.targets, self.staging_dir)))
+                | "WriteResults" >> beam.ParDo(WriteResultsFn(
+                    s, self.targets, self.staging_dir,
+                    self.references.attacks if self.references is not None else ())))
 
 
