@@ -17,7 +17,7 @@ from privacy_audit.pipelines.pipeline import DEMO_MEMBERS, scaled_defaults
 
 @pytest.mark.parametrize("n, non_private, dp", [
     (None, 16, 128), (DEMO_MEMBERS, 16, 128), (5_000, 16, 128), (20_000, 64, 256), (50_000, 128, 512),
-    (100_000, 256, 1024), (500_000, 256, 1024), (5_000_000, 256, 1024)])
+    (100_000, 256, 1024), (500_000, 256, 4096), (5_000_000, 256, 4096)])
 def test_batch_sizes_follow_the_training_set_size(n, non_private, dp):
     got = scaled_defaults(n)
     assert got["non_private"]["batch_size"] == non_private
@@ -26,7 +26,7 @@ def test_batch_sizes_follow_the_training_set_size(n, non_private, dp):
 
 def test_batch_sizes_are_powers_of_two_and_never_shrink_as_n_grows():
     ns = np.unique(np.geomspace(10, 10_000_000, 200).astype(int))
-    for kind, lo, hi in (("non_private", 16, 256), ("dp", 128, 1024)):
+    for kind, lo, hi in (("non_private", 16, 256), ("dp", 128, 4096)):
         sizes = [scaled_defaults(int(n))[kind]["batch_size"] for n in ns]
         assert all(lo <= b <= hi and b & (b - 1) == 0 for b in sizes)
         assert all(a <= b for a, b in zip(sizes, sizes[1:]))
@@ -228,3 +228,32 @@ def test_evaluator_progress_line_gives_the_cost_per_model():
                "final": {"metadata": {"n_members": 600, "n_nonmembers": 400}}}
     line = audit_progress_line("dp", results, 4.0)
     assert line == "[dp] audited 2 model(s) x 1,000 examples in 4.0s: 2.0s per model, 500 examples/s"
+
+
+@pytest.mark.slow
+def test_local_run_keeps_the_evaluators_in_process(tmp_path):
+    """Without a runner: the pipeline's DirectRunner mode follows --direct-num-workers, and each evaluator's own
+    args (after the pipeline's in TFX, so they win) keep it in this process; a runner or an explicit mode is
+    left alone."""
+    from privacy_audit.pipelines.pipeline import AuditSpec, create_pipeline, default_variants
+
+    s = {"beam_pipeline_args": None, "direct_num_workers": 2}
+    beam_args, evaluator_args = run.local_beam_args(s)
+    assert beam_args == ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    pipeline = run.with_evaluator_args(create_pipeline(
+        pipeline_root=str(tmp_path / "root"), label_key="label", data_root=str(tmp_path), variants=default_variants(1),
+        audit=AuditSpec(), metadata_path=str(tmp_path / "m.sqlite"), beam_pipeline_args=beam_args), evaluator_args)
+    evaluators = [c for c in pipeline.components if type(c).__name__ == "MembershipInferenceEvaluator"]
+    assert len(evaluators) == 2
+    for c in evaluators:
+        args = c.executor_spec.beam_pipeline_args
+        assert args[:2] == beam_args and args[-2:] == ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    others = [c for c in pipeline.components if hasattr(c.executor_spec, "beam_pipeline_args")
+              and type(c).__name__ != "MembershipInferenceEvaluator"]
+    assert others and all(c.executor_spec.beam_pipeline_args == beam_args for c in others)
+    assert run.local_beam_args({"beam_pipeline_args": None, "direct_num_workers": 1}) == (
+        ["--direct_running_mode=in_memory"], ["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+    assert run.local_beam_args({"beam_pipeline_args": ["--runner=FlinkRunner"], "direct_num_workers": 2}) == (
+        ["--runner=FlinkRunner"], [])
+    assert run.local_beam_args({"beam_pipeline_args": ["--direct_running_mode=multi_threading"],
+                                "direct_num_workers": 1})[1] == []

@@ -11,6 +11,7 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 
 from privacy_audit.components.common.examples import load_examples, split_file_pattern
+from privacy_audit.components.common.memory import release_freed_memory
 from privacy_audit.components.common.recipe import recipe_from_exec_properties
 from privacy_audit.components.dp_trainer import accounting
 from privacy_audit.components.dp_trainer.trainer import train
@@ -41,6 +42,8 @@ class Executor(base_executor.BaseExecutor):
         variant = p["model_variant"]
         ledger = train(recipe, data.x, data.y, model_dir=model.uri, run_dir=model_run.uri, model_variant=variant,
                        label_key=p["label_key"], feature_keys=feature_keys, input_features=data.input_features)
+        del data
+        release_freed_memory()  # the split's arrays, before the next component runs in this process
         # ML Metadata shows these on the Model artifact; ε is derived from the ledger's events (its one function).
         model.set_string_custom_property("model_variant", variant)
         model.set_int_custom_property("private", int(recipe.private))
