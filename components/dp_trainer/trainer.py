@@ -76,15 +76,20 @@ def model_hparams(recipe: TrainingRecipe, x: np.ndarray, num_classes: int,
 
 
 class _TensorBoard:
-    """Scalars for TensorBoard; silently absent when the summary writer cannot be made."""
+    """Scalars for TensorBoard; absent when TensorBoard is not installed (tf.summary needs it to write: the
+    core's Python 3.12 environment has TensorFlow without it)."""
 
     def __init__(self, logdir: str):
+        import importlib.util
+
         import tensorflow as tf
 
         self._tf = tf
-        self._writer = tf.summary.create_file_writer(logdir)
+        self._writer = tf.summary.create_file_writer(logdir) if importlib.util.find_spec("tensorboard") else None
 
     def scalars(self, step: int, values: Dict[str, Optional[float]]) -> None:
+        if self._writer is None:
+            return
         with self._writer.as_default():
             for k, v in values.items():
                 if v is not None and math.isfinite(v):
