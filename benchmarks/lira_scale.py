@@ -24,7 +24,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from mia_scale import PeakRss  # noqa: E402  (the same RSS sampler as the threshold scale benchmark)
+from rss import PeakRss  # noqa: E402  (benchmarks/rss.py: the one memory sampler)
 
 N_CLASSES = 10
 
@@ -121,14 +120,9 @@ def main(argv=None) -> int:
         print(json.dumps({"n_results": len(obj["results"]),
                           "join": obj["metadata"]["reference_models"]["join"],
                           "rmia_population": obj["metadata"]["reference_models"].get("rmia_population")}))
-        if args.verbose:
-            for name, peak in sorted(rss.per_process.items()):
-                print(f"  peak {peak / 2**20:.0f} MB  {name}")
-        self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak_mb = max(rss.peak / 2**20, self_kb / 1024)
-        print(f"seconds={seconds:.2f} peak_rss_mb={int(round(peak_mb))} load_average={os.getloadavg()} "
-              f"cpus={os.cpu_count()}")
-        print(f"lira_scale seconds={seconds:.2f} peak_rss_mb={int(round(peak_mb))}")
+        peak_mb = rss.peak_mb(args.verbose)
+        print(f"seconds={seconds:.2f} peak_rss_mb={peak_mb} load_average={os.getloadavg()} cpus={os.cpu_count()}")
+        print(f"lira_scale seconds={seconds:.2f} peak_rss_mb={peak_mb}")
     finally:
         if not args.keep and args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)

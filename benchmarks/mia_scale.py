@@ -15,16 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from rss import PeakRss  # noqa: E402  (benchmarks/rss.py: the one memory sampler)
 
 N_CLASSES = 10
 
@@ -54,48 +54,6 @@ def generate(out_dir: str, n: int, seed: int = 0, chunk: int = 1_000_000) -> int
             files += 1
             done += m
     return files
-
-
-class PeakRss:
-    """Samples the summed RSS of this process and its descendants."""
-
-    def __init__(self, interval: float = 0.1):
-        import psutil
-
-        self.proc = psutil.Process()
-        self.interval = interval
-        self.peak = 0
-        self.per_process: dict = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> int:
-        import psutil
-
-        total = 0
-        for p in [self.proc] + self.proc.children(recursive=True):
-            try:
-                rss = p.memory_info().rss
-                total += rss
-                name = f"{p.pid}:{' '.join(p.cmdline()[1:3])[:60]}"
-                self.per_process[name] = max(self.per_process.get(name, 0), rss)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._sample())
 
 
 def main(argv=None) -> int:
@@ -136,13 +94,8 @@ def main(argv=None) -> int:
         print(json.dumps({"n_members": entire["n_members"], "n_nonmembers": entire["n_nonmembers"],
                           "auc": round(entire["auc"], 6), "attacker_advantage": round(entire["attacker_advantage"], 6),
                           "approximation": entire.get("approximation"), "n_results": len(obj["results"])}))
-        if args.verbose:
-            for name, peak in sorted(rss.per_process.items()):
-                print(f"  peak {peak / 2**20:.0f} MB  {name}")
-        self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak_mb = max(rss.peak / 2**20, self_kb / 1024)
         print(f"seconds={seconds:.2f}")
-        print(f"peak_rss_mb={int(round(peak_mb))}")
+        print(f"peak_rss_mb={rss.peak_mb(args.verbose)}")
     finally:
         if not args.keep and args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)

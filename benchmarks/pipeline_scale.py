@@ -22,12 +22,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from rss import PeakRss  # noqa: E402  (benchmarks/rss.py: the one memory sampler)
 ROOT = os.path.dirname(HERE)
 N_FEATURES, N_CLASSES = 20, 5
 DONE = re.compile(r"✓ (\S+) \((\d+)s\)")
@@ -48,47 +49,6 @@ def write_csv(path: str, rows: int, seed: int = 1, chunk: int = 200_000) -> None
             block = np.column_stack([x, y])
             np.savetxt(f, block, fmt=["%.5f"] * N_FEATURES + ["%d"], delimiter=",")
     os.replace(path + ".tmp", path)
-
-
-class TreeRss:
-    """Peak of the RSS summed over a process and its descendants (psutil, sampled)."""
-
-    def __init__(self, pid: int, interval: float = 0.2):
-        import psutil
-
-        self.root = psutil.Process(pid)
-        self.interval, self.peak = interval, 0
-        self.phase, self.by_phase = "start", {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> int:
-        import psutil
-
-        total = 0
-        try:
-            procs = [self.root] + self.root.children(recursive=True)
-        except psutil.NoSuchProcess:
-            return 0
-        for p in procs:
-            try:
-                total += p.memory_info().rss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            rss = self._sample()
-            self.peak = max(self.peak, rss)
-            self.by_phase[self.phase] = max(self.by_phase.get(self.phase, 0), rss)
-            self._stop.wait(self.interval)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.peak
 
 
 def main(argv=None) -> int:
@@ -117,7 +77,7 @@ def main(argv=None) -> int:
     print("$", " ".join(cmd), flush=True)
     t0 = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    rss = TreeRss(proc.pid)
+    rss = PeakRss(proc.pid, interval=0.2)
     seconds = {}
     for line in proc.stdout:
         sys.stdout.write(line)
