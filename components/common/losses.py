@@ -47,7 +47,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Stable log-softmax over the last axis of ``[N, C]`` logits (single-logit input: see ``as_2d_logits``)."""
     z = as_2d_logits(logits)
     z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    z -= np.log(np.exp(z).sum(axis=1, keepdims=True))  # in place: the shifted copy is ours
+    return z
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -95,15 +96,20 @@ def cross_entropy_from_probs(probs: np.ndarray, labels: np.ndarray, min_prob: fl
 def modified_entropy_from_log_probs(log_p: np.ndarray, labels: np.ndarray) -> np.ndarray:
     # Mentr(p, y) = -(1 - p_y) log p_y - sum_{i != y} p_i log(1 - p_i)      (Song & Mittal 2021, eq. 8)
     # With log-probabilities, 1 - p = -expm1(log p) keeps precision when p is close to 1.
+    # In place, one [N, C] buffer besides p: four passes over the matrix instead of eight (2M x 10: 1.4 s
+    # -> see benchmarks/mia_throughput.py).
     n = log_p.shape[0]
     rows = np.arange(n)
     p = np.exp(log_p)
-    one_minus_p = -np.expm1(log_p)
-    log_one_minus_p = np.log(np.maximum(one_minus_p, MIN_PROB))
-    terms = -p * log_one_minus_p
+    buf = np.expm1(log_p)
+    np.negative(buf, out=buf)                                  # 1 - p
+    one_minus_py = buf[rows, labels].copy()
+    np.maximum(buf, MIN_PROB, out=buf)
+    np.log(buf, out=buf)                                       # log(1 - p)
+    np.multiply(buf, p, out=buf)                               # p log(1 - p)
     log_py = np.maximum(log_p[rows, labels], np.log(MIN_PROB))
-    terms[rows, labels] = -one_minus_p[rows, labels] * log_py
-    return terms.sum(axis=1)
+    buf[rows, labels] = one_minus_py * log_py                  # (1 - p_y) log p_y
+    return 0.0 - buf.sum(axis=1)
 
 
 def prediction_entropy(log_probs: np.ndarray) -> np.ndarray:
