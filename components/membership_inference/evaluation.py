@@ -395,7 +395,6 @@ def evaluate(p: Mapping[str, Any], *, members_pattern: str, nonmembers_pattern: 
     from privacy_audit.components.membership_inference import gate, results as results_lib
     from privacy_audit.components.membership_inference.beam import driver
     from privacy_audit.components.membership_inference.beam.reference import ReferenceAttackSpec
-    from privacy_audit.components.membership_inference.beam.transforms import read_outputs
     from privacy_audit.components.membership_inference.settings import DEFAULT_SAMPLE_SIZE
     from privacy_audit.components.reference_models.signals import SIGNALS_PARQUET_FILE
 
@@ -427,11 +426,8 @@ def evaluate(p: Mapping[str, Any], *, members_pattern: str, nonmembers_pattern: 
     input_features: List[str] = []
     if any(m.serving is None for m, _ in evaluated):  # signature models parse the examples themselves
         input_features = _input_features(model_info, members_pattern, members_split, label_key, feature_keys)
-    private = model_info.get("private")
-    if private is None and props.get("private") is not None:
-        private = bool(props["private"])
-    common_md = {"private": private, "delta": _finite_or_none((ledger or {}).get("delta", props.get("delta"))),
-                 "members_split": members_split, "nonmembers_split": nonmembers_split, "label_key": label_key}
+    common_md = {**_privacy_metadata(model_info, props, ledger), "members_split": members_split,
+                 "nonmembers_split": nonmembers_split, "label_key": label_key}
     targets = _output_targets(evaluated, results_uri, common_md)
     final_model = evaluated[-1][0]
     final_path = targets[final_model.key].results_path
@@ -470,31 +466,48 @@ def evaluate(p: Mapping[str, Any], *, members_pattern: str, nonmembers_pattern: 
     print(audit_progress_line(variant, all_results, time.time() - started), flush=True)
 
     final = all_results[final_model.key]
-    reference_per_example = (io.join(results_uri, layout.PER_EXAMPLE_REFERENCE_DIR, f"{final_model.key}.parquet")
-                             if per_example else None)
-    if in_beam:
-        final = beam_reference_results(final, signals_path=signals_parquet, ledger=ledger, scores_dir=scores_dir,
-                                       per_example_path=reference_per_example)
-        final["metadata"]["reference_models"]["artifact"] = references_uri
-        io.write_text(final_path, results_lib.dumps_results(final) + "\n")
-    elif reference_attacks:
-        try:
-            records = read_outputs(kept)
-        finally:
-            io.rmtree(kept)
-        final = reference_attack_results(
-            final, records=records, references_path=io.join(references_uri, layout.SIGNALS_FILE),
-            attacks=reference_attacks, settings=settings, reference_options=reference_options, ledger=ledger,
-            per_example_path=reference_per_example)
+    if reference_attacks:
+        reference_per_example = (io.join(results_uri, layout.PER_EXAMPLE_REFERENCE_DIR,
+                                         f"{final_model.key}.parquet") if per_example else None)
+        if in_beam:
+            final = beam_reference_results(final, signals_path=signals_parquet, ledger=ledger, scores_dir=scores_dir,
+                                           per_example_path=reference_per_example)
+        else:
+            final = _driver_reference_results(final, kept, references_uri, reference_attacks, settings,
+                                              reference_options, ledger, reference_per_example)
         final["metadata"]["reference_models"]["artifact"] = references_uri
         io.write_text(final_path, results_lib.dumps_results(final) + "\n")
     audit = _read_json(io.join(model_run_uri, layout.ONE_RUN_AUDIT_FILE)) if model_run_uri else None
-    blessing = gate.bless(final, thresholds, audit, baseline)
-    blessing.update({"model_variant": variant, "evaluated": f"{layout.RESULTS_DIR}/{final_model.key}.json",
-                     "epoch": final["metadata"].get("epoch"), "epsilon": final["metadata"].get("epsilon"),
-                     "model": model_uri})
+    blessing = dict(gate.bless(final, thresholds, audit, baseline), model_variant=variant,
+                    evaluated=f"{layout.RESULTS_DIR}/{final_model.key}.json", epoch=final["metadata"].get("epoch"),
+                    epsilon=final["metadata"].get("epsilon"), model=model_uri)
     gate.write_blessing(blessing_uri, blessing)
     return dict(blessing, n_results_files=n_files)
+
+
+def _privacy_metadata(model_info: Mapping[str, Any], props: Mapping[str, Any],
+                      ledger: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """``private`` (model_info.json, else the artifact's property) and ``delta`` (the ledger's, else the
+    property's) for every results file of a model."""
+    private = model_info.get("private")
+    if private is None and props.get("private") is not None:
+        private = bool(props["private"])
+    return {"private": private, "delta": _finite_or_none((ledger or {}).get("delta", props.get("delta")))}
+
+
+def _driver_reference_results(final: Dict[str, Any], kept: str, references_uri: str, attacks: Sequence[str],
+                              settings, reference_options, ledger, per_example_path: Optional[str]) -> Dict[str, Any]:
+    """LiRA / RMIA scored in this process, from the final model's outputs the pipeline kept in ``kept`` (removed
+    afterwards) and the references' ``.npz`` signals: artifacts written before the Parquet signals."""
+    from privacy_audit.components.membership_inference.beam.transforms import read_outputs
+
+    try:
+        records = read_outputs(kept)
+    finally:
+        io.rmtree(kept)
+    return reference_attack_results(final, records=records,
+                                    references_path=io.join(references_uri, layout.SIGNALS_FILE), attacks=attacks, settings=settings, reference_options=reference_options,
+                                    ledger=ledger, per_example_path=per_example_path)
 
 
 def _input_features(model_info: Mapping[str, Any], members_pattern: str, members_split: str, label_key: str,
