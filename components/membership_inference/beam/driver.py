@@ -42,15 +42,6 @@ def pipeline_options(beam_pipeline_args: Optional[Sequence[str]] = None):
     return PipelineOptions(args)
 
 
-def is_dask_runner(options, runner=None) -> bool:
-    from apache_beam.options.pipeline_options import StandardOptions
-
-    if runner is not None:
-        return type(runner).__name__ == "DaskRunner"
-    name = options.view_as(StandardOptions).runner
-    return bool(name) and "DaskRunner" in str(name)
-
-
 def run_pipeline(pipeline) -> None:
     """Runs and waits; closes the Dask client the Dask runner opens (it leaves it open)."""
     result = pipeline.run()
@@ -208,15 +199,10 @@ def audit_examples(members_pattern: str, nonmembers_pattern: str, models: Sequen
             if key not in names:
                 raise ValueError(f"{role} {key!r} is not a feature of the examples in split {what!r} "
                                  f"(features: {names[:20]}{'...' if len(names) > 20 else ''})")
-    if make_pipeline is not None:
-        p = make_pipeline()
-        batching = "reader" if is_dask_runner(p.options, p.runner) else "beam"
-    else:
-        options = pipeline_options(beam_pipeline_args)
-        batching = "reader" if is_dask_runner(options, runner) else "beam"
-        p = beam.Pipeline(runner=runner, options=options)
+    p = make_pipeline() if make_pipeline is not None else \
+        beam.Pipeline(runner=runner, options=pipeline_options(beam_pipeline_args))
     (p | "Examples" >> ExamplesToOutputs(members_files, nonmembers_files, models, label_key, input_features,
-                                         settings.slicing.feature_keys, batch_size, batching)
+                                         settings.slicing.feature_keys, batch_size)
      | "Analyze" >> AnalyzeOutputs(settings, targets, staging_dir, per_example_dir, count_duplicates=True,
                                    keep_outputs=keep_outputs, references=references))
     try:

@@ -1,8 +1,7 @@
 """Sources of per-example record batches: :class:`ReadSavedOutputs` (the ``privacy-audit attack`` inputs:
 ``.npz``, wide or long Parquet; long Parquet is read in parallel, by row group, in record batches) and
 :class:`ExamplesToOutputs` (TFX Examples and Keras models or SavedModel signatures: batched inference, each
-model loaded once per worker process). On Beam's Dask runner the Examples source batches inside its file
-reader instead of with ``beam.BatchElements``.
+model loaded once per worker process; records batched inside the file reader).
 """
 from __future__ import annotations
 
@@ -309,17 +308,14 @@ class ExamplesToOutputs(beam.PTransform):
 
     Batches of ``read_rows`` records are made inside the file reader (no Beam element per example, and no
     BatchElements, whose ``finish_bundle`` outputs some runners drop, like the Dask runner's); each is decoded
-    once and run through the models in fixed batches of ``batch_size`` rows. ``batching`` ("beam" or
-    "reader") is accepted for callers written for the two former modes; both batch in the reader now.
+    once and run through the models in fixed batches of ``batch_size`` rows.
     """
 
     def __init__(self, members_files: Sequence[str], nonmembers_files: Sequence[str],
                  models: Sequence[ModelToEvaluate], label_key: str, input_features: Sequence[str],
                  slice_feature_keys: Sequence[str] = (), batch_size: int = DEFAULT_INFERENCE_BATCH,
-                 batching: str = "beam", read_rows: int = READ_ROWS):
+                 read_rows: int = READ_ROWS):
         super().__init__()
-        if batching not in ("beam", "reader"):
-            raise ValueError(f"batching must be 'beam' or 'reader', got {batching!r}")
         self.files = [(f, True) for f in members_files] + [(f, False) for f in nonmembers_files]
         self.models = list(models)
         self.label_key = label_key
