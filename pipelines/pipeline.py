@@ -153,7 +153,7 @@ def _split_buckets(members_fraction: float):
 
 
 def _variant_components(v: VariantSpec, examples, audit: AuditSpec, *, seed: int, label_key: str,
-                        feature_keys: Optional[List[str]]):
+                        feature_keys: Optional[List[str]], expected_examples: Optional[int] = None):
     """``(DPTrainer, ReferenceModelTrainer or None, MembershipInferenceEvaluator)`` of one model variant."""
     from privacy_audit.components.dp_trainer.component import DPTrainer
     from privacy_audit.components.membership_inference.component import MembershipInferenceEvaluator
@@ -163,7 +163,8 @@ def _variant_components(v: VariantSpec, examples, audit: AuditSpec, *, seed: int
     recipe = v.recipe.replace(seed=seed, audit_canaries=audit.audit_canaries if v.recipe.private else 0)
     trainer = DPTrainer(
         examples=examples, label_key=label_key, model_variant=v.name, recipe=recipe,
-        train_split=audit.members_split, feature_keys=feature_keys, **dict(v.runtime_parameters),
+        train_split=audit.members_split, feature_keys=feature_keys, expected_examples=expected_examples,
+        **dict(v.runtime_parameters),
     ).with_id(f"DPTrainer.{v.name}")
     references = None
     if audit.reference_models:
@@ -225,7 +226,7 @@ def create_pipeline(*, pipeline_root: str, label_key: str, data_root: Optional[s
                     metadata_path: Optional[str] = None, feature_keys: Optional[List[str]] = None,
                     seed: int = 0, beam_pipeline_args: Optional[List[str]] = None, enable_cache: bool = True,
                     report_title: str = "Privacy audit", for_kubeflow: bool = False,
-                    history_uri: Optional[str] = None):
+                    history_uri: Optional[str] = None, expected_examples: Optional[int] = None):
     """Builds the TFX pipeline.
 
     Args:
@@ -243,6 +244,8 @@ def create_pipeline(*, pipeline_root: str, label_key: str, data_root: Optional[s
         ``<pipeline_root>/audit_history``, shared by every run of the pipeline, also scheduled ones).
       beam_pipeline_args: e.g. ["--direct_running_mode=multi_processing", "--direct_num_workers=2"] locally,
         or a Dataflow/Flink/Spark runner's arguments.
+      expected_examples: the source data's row count, when known (``privacy-audit run`` counts a CSV's rows):
+        each DPTrainer refuses Examples whose splits hold another number, before training.
 
     On Kubeflow, data_root, the variants' ``epochs`` and ``target_epsilon`` (``VariantSpec.runtime_parameters``,
     run-time overrides of the recipe) and the audit's gate thresholds may be TFX RuntimeParameters (run-time
@@ -274,7 +277,8 @@ def create_pipeline(*, pipeline_root: str, label_key: str, data_root: Optional[s
     components = [example_gen]
     results, ledgers, blessings = [], [], []
     for v in variants:
-        trio = _variant_components(v, examples, audit, seed=seed, label_key=label_key, feature_keys=feature_keys)
+        trio = _variant_components(v, examples, audit, seed=seed, label_key=label_key, feature_keys=feature_keys,
+                                   expected_examples=expected_examples)
         components.extend(c for c in trio if c is not None)
         trainer, _, evaluator = trio
         results.append(evaluator.outputs["attack_results"])

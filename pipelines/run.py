@@ -446,6 +446,7 @@ class RunPlan:
     variants: List[VariantSpec]
     audit: AuditSpec
     n_members: Optional[int] = None
+    rows: Optional[int] = None  # the CSV's data rows (all files), counted by validation.check_csv_data
 
 
 def local_beam_args(s: Dict[str, Any]) -> Tuple[List[str], List[str]]:
@@ -514,7 +515,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     if rows is not None:
         _check_data_size(variants, rows, float(s["members_fraction"]), user_batch=s["batch_size"] is not None)
     return RunPlan(s, output_dir, data_root, examples_dir, label_key, demo, variants, build_audit(s, demo=demo),
-                   n_members)
+                   n_members, rows)
 
 
 def _check_data_size(variants: List[VariantSpec], rows: int, fraction: float, user_batch: bool) -> None:
@@ -655,7 +656,8 @@ def _main_run(args: argparse.Namespace) -> int:
         pipeline_root=pipeline_root, history_uri=s["history_uri"], label_key=plan.label_key, data_root=data_root,
         examples_dir=plan.examples_dir, variants=plan.variants, audit=plan.audit, pipeline_name=s["pipeline_name"],
         metadata_path=metadata_path, feature_keys=s["feature_keys"], seed=int(s["seed"]),
-        beam_pipeline_args=beam_args, enable_cache=bool(s["cache"]), report_title=s["title"])
+        beam_pipeline_args=beam_args, enable_cache=bool(s["cache"]), report_title=s["title"],
+        expected_examples=plan.rows)
     with_evaluator_args(pipeline, evaluator_args)
     print(f"Running pipeline {s['pipeline_name']!r}: {len(pipeline.components)} components, variants "
           f"{[v.name for v in plan.variants]}; ML Metadata at {metadata_path}", flush=True)

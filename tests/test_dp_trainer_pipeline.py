@@ -129,3 +129,13 @@ def test_bad_settings_fail_when_the_pipeline_is_built(kwargs, match):
     ch = types.Channel(type=standard_artifacts.Examples)
     with pytest.raises(ValueError, match=match):
         DPTrainer(examples=ch, label_key="label", **kwargs)
+
+
+@pytest.mark.slow
+def test_examples_that_lost_rows_are_refused_before_training(tmp_path):
+    """CsvExampleGen writes all 600 rows of the CSV; told the data had 601 (a row lost upstream, as Beam's
+    multi-process DirectRunner did on 10M rows), the trainer refuses before training and names both counts."""
+    with pytest.raises(Exception, match=r"hold 600 examples \(train: \d+, eval: \d+\) but the source data "
+                                        r"has 601 rows: 1 rows were lost"):
+        _run(tmp_path, model_variant="dp", epochs=1, batch_size=50, noise_multiplier=1.0, expected_examples=601)
+    assert not [m for m in _artifacts(str(tmp_path / "mlmd.sqlite"), "Model") if m.state == 2]  # none LIVE

@@ -271,3 +271,25 @@ def test_ids_rebuilt_in_bulk_equal_protobufs_deterministic_digest():
     _, good = examples._rebuilt_ids(records[:3000], spec,
                                     {k: (v.values.numpy(), v.row_splits.numpy()) for k, v in out.items()})
     assert good.sum() == 2999 and not good[17]  # every record but the one with a vector feature, in bulk
+
+
+def test_example_count_check_counts_every_split(tmp_path):
+    """Records written by hand into Split-a (3) and Split-b (5): the count is theirs, a known split's count is
+    taken as given, and another expected total is refused with both numbers."""
+    import tensorflow as tf
+
+    from privacy_audit.components.common.examples import check_example_count, count_records
+
+    for split, n in (("a", 3), ("b", 5)):
+        os.makedirs(tmp_path / f"Split-{split}")
+        with tf.io.TFRecordWriter(str(tmp_path / f"Split-{split}" / "data.gz"), options="GZIP") as w:
+            for i in range(n):
+                w.write(tf.train.Example().SerializeToString() + bytes([i]))
+    assert count_records(str(tmp_path / "Split-b" / "*")) == 5
+    assert check_example_count(str(tmp_path), ["a", "b"], 8) == {"a": 3, "b": 5}
+    assert check_example_count(str(tmp_path), ["a", "b"], 9, known={"a": 4}) == {"a": 4, "b": 5}
+    with pytest.raises(ValueError, match=r"hold 8 examples \(a: 3, b: 5\) but the source data has 10 rows: "
+                                         r"2 rows were lost"):
+        check_example_count(str(tmp_path), ["a", "b"], 10)
+    with pytest.raises(ValueError, match="1 rows too many"):
+        check_example_count(str(tmp_path), ["a", "b"], 7)

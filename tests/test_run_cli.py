@@ -60,6 +60,8 @@ def first_run(tmp_path_factory):
 def test_run_writes_report_and_summary_matching_the_ledgers(first_run):
     data, out, r, _ = first_run
     assert "Report:" in r.stdout and str(out / "report.html") in r.stdout
+    # Each trainer counted the Examples against the CSV's 600 rows (counted before the pipeline started).
+    assert r.stdout.count("the Examples hold all 600 rows of the data") == 2
     html = (out / "report.html").read_text()
     assert "<img" in html and "http://" not in html.replace("http://www.w3.org", "")
     summary = json.loads((out / "summary.json").read_text())

@@ -144,3 +144,27 @@ def test_step_counts_are_what_ran_including_empty_batches():
     assert result.steps == 100 == sum(e.steps_in_epoch for e in seen)
     assert [e.total_steps for e in seen] == [50, 100]
     assert 0 in seen[0].batch_sizes + seen[1].batch_sizes   # empty batches still step (noise only)
+
+
+def test_poisson_draw_on_a_large_population_is_bernoulli_per_example():
+    """The O(B) draw (binomial size, then a uniform subset: numpy's set-based path for a small subset)
+    against the definition: sizes ~ Binomial(N, q), every index equally likely, no index twice."""
+    n, q, steps = 200_000, 0.001, 400
+    rng = np.random.default_rng(3)
+    batches = [sampling.poisson_draw(rng, n, q) for _ in range(steps)]
+    sizes = np.array([len(b) for b in batches])
+    sd = math.sqrt(n * q * (1 - q))
+    assert abs(sizes.mean() - n * q) < 5 * sd / math.sqrt(steps)
+    assert sizes.var(ddof=1) == pytest.approx(n * q * (1 - q), rel=0.25)
+    for b in batches:
+        assert b.dtype == np.int64 and np.all(np.diff(b) > 0) and (len(b) == 0 or 0 <= b[0] <= b[-1] < n)
+    # Uniform over the indices: 20 equal bins, chi-square with 19 dof well inside its 0.999 quantile (43.8).
+    counts = np.bincount(np.concatenate(batches) * 20 // n, minlength=20)
+    expected = counts.sum() / 20
+    assert ((counts - expected) ** 2 / expected).sum() < 43.8
+
+
+def test_shuffle_batch_at_equals_the_epoch_stream():
+    s = sampling.ShuffleSampler(103, 10, seed=4)
+    for epoch in (1, 0, 1):
+        assert all(np.array_equal(a, s.batch_at(epoch, i)) for i, a in enumerate(s.epoch(epoch)))

@@ -48,6 +48,9 @@ class DPTrainerSpec(types.ComponentSpec):
         "label_key": ExecutionParameter(type=str),
         "feature_keys": ExecutionParameter(type=str, optional=True),  # JSON list
         "train_split": ExecutionParameter(type=str),
+        # The source data's row count when the caller knows it (`privacy-audit run` counts the CSV's rows):
+        # the trainer refuses Examples whose splits hold another number, before training (rows lost upstream).
+        "expected_examples": ExecutionParameter(type=int, optional=True),
         # The module's content hash, so that TFX's cache notices an edited module file.
         "module_file_sha256": ExecutionParameter(type=str, optional=True),
     }
@@ -77,12 +80,15 @@ class DPTrainer(base_component.BaseComponent):
 
     def __init__(self, examples: types.BaseChannel, *, label_key: str, model_variant: str = "model",
                  recipe: Optional[TrainingRecipe] = None, train_split: str = "train",
-                 feature_keys: Optional[List[str]] = None, **recipe_fields: Any):
+                 feature_keys: Optional[List[str]] = None, expected_examples: Optional[int] = None,
+                 **recipe_fields: Any):
         """Args:
           examples: Examples with the members' split (``train_split``).
           label_key, feature_keys: the label feature and the model's input features (default: every other one,
             ordered by name).
           model_variant: the variant's name (ledger, ML Metadata, the evaluator's results).
+          expected_examples: the source data's number of rows, if known: the trainer counts the examples of
+            every split and refuses to train on Examples that hold another number (rows lost upstream).
           recipe: the TrainingRecipe (default: the dataclass's defaults).
           **recipe_fields: TrainingRecipe fields set on top of ``recipe`` (``epochs=10, noise_multiplier=1.1``...).
             ``epochs`` and ``target_epsilon`` may be Kubeflow RuntimeParameters: the recipe holds their
@@ -99,7 +105,7 @@ class DPTrainer(base_component.BaseComponent):
             examples=examples, recipe=recipe.to_json(), epochs=overrides.get("epochs"),
             target_epsilon=overrides.get("target_epsilon"), label_key=label_key, model_variant=model_variant,
             train_split=train_split, feature_keys=json.dumps(list(feature_keys)) if feature_keys else None,
-            module_file_sha256=module_sha,
+            module_file_sha256=module_sha, expected_examples=expected_examples,
             model=types.Channel(type=standard_artifacts.Model),
             model_run=types.Channel(type=standard_artifacts.ModelRun))
         super().__init__(spec=spec)

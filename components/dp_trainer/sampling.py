@@ -7,7 +7,9 @@ compiled graph, batches are padded to a fixed ``padded_batch_size`` with a mask;
 a batch larger than the pad is split into several padded chunks whose clipped
 sums are added before the noise (no sampled example is ever dropped).
 
-Both samplers are deterministic functions of ``(seed, epoch_index)``.
+Both samplers are deterministic functions of ``(seed, epoch_index)``. A Poisson batch costs O(B), not
+O(N): its size is drawn from Binomial(N, q), then that many distinct indices uniformly (given its size, a
+Poisson batch is a uniform subset), so a step on 5M examples does not draw 5M uniforms.
 """
 
 from __future__ import annotations
@@ -53,6 +55,16 @@ def default_padded_batch_size(n_examples: int, expected_batch_size: int,
     padded = int(math.ceil(expected_batch_size + sigmas * sd))
     padded = -(-padded // 8) * 8
     return max(1, min(padded, n_examples))
+
+
+def poisson_draw(rng: np.random.Generator, n_examples: int, q: float) -> np.ndarray:
+    """One Poisson batch: each of ``n_examples`` indices independently with probability ``q``, as a sorted
+    int64 array. Drawn as a Binomial(N, q) size and a uniform subset of that size; numpy's ``choice``
+    without replacement takes a set-based O(size) path when the subset is small against N."""
+    k = int(rng.binomial(n_examples, q))
+    idx = rng.choice(n_examples, size=k, replace=False).astype(np.int64, copy=False)
+    idx.sort()
+    return idx
 
 
 def split_batch(indices: np.ndarray, padded_batch_size: int) -> list:
@@ -103,7 +115,7 @@ class PoissonSampler(_SamplerBase):
         """Yields ``steps_per_epoch`` sorted int64 index arrays (sizes vary, may be empty)."""
         rng = np.random.default_rng([self.seed, int(epoch_index)])
         for _ in range(self.steps_per_epoch):
-            yield np.flatnonzero(rng.random(self.n_examples) < self.sampling_probability)
+            yield poisson_draw(rng, self.n_examples, self.sampling_probability)
 
     def batch_at(self, epoch_index: int, step: int) -> np.ndarray:
         """The sorted int64 indices of step ``step`` of epoch ``epoch_index``, by random access.
@@ -113,7 +125,7 @@ class PoissonSampler(_SamplerBase):
         different stream from :meth:`epoch`; both are independent Poisson draws with rate q.
         """
         rng = np.random.default_rng([self.seed, int(epoch_index), int(step), 0x706F6973])
-        return np.flatnonzero(rng.random(self.n_examples) < self.sampling_probability)
+        return poisson_draw(rng, self.n_examples, self.sampling_probability)
 
 
 class ShuffleSampler(_SamplerBase):
@@ -145,9 +157,11 @@ class ShuffleSampler(_SamplerBase):
 
     def batch_at(self, epoch_index: int, step: int) -> np.ndarray:
         """Step ``step`` of epoch ``epoch_index`` (the same batches as :meth:`epoch`)."""
-        rng = np.random.default_rng([self.seed, int(epoch_index)])
+        if getattr(self, "_order", (None,))[0] != int(epoch_index):  # one permutation per epoch, not per step
+            self._order = (int(epoch_index), np.random.default_rng([self.seed, int(epoch_index)]).permutation(
+                self.n_examples))
         start = int(step) * self.expected_batch_size
-        return rng.permutation(self.n_examples)[start:start + self.expected_batch_size]
+        return self._order[1][start:start + self.expected_batch_size]
 
 
 def make_sampler(sampling: str, n_examples: int, expected_batch_size: int, seed: int = 0,
