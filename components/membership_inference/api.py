@@ -19,7 +19,7 @@ import os
 import sys
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
     from privacy_audit.components.membership_inference.attacks import AttackConfig
@@ -70,7 +70,7 @@ def run_attacks(inputs: "AttackInputs", attacks: Sequence[str] = DEFAULT_ATTACKS
     with a :class:`DuplicateExamplesWarning`.
     """
     from privacy_audit.components.membership_inference import attacks as attacks_mod
-    from privacy_audit.components.membership_inference import metrics, results, slicing as slicing_mod
+    from privacy_audit.components.membership_inference import results, slicing as slicing_mod
     from privacy_audit.components.membership_inference.assemble import run_metadata, with_given_metadata
 
     names = attacks_mod.check_attack_names(list(attacks))
@@ -88,11 +88,9 @@ def run_attacks(inputs: "AttackInputs", attacks: Sequence[str] = DEFAULT_ATTACKS
         warnings.warn(f"{n_dup} example ids appear among both members and non-members; membership of these "
                       "examples is ambiguous and biases the metrics: deduplicate the inputs",
                       DuplicateExamplesWarning, stacklevel=2)
-    for name in names:
-        if name == "threshold":
-            inputs.loss("members"), inputs.loss("nonmembers")  # fail early with a clear message
-        elif name == "threshold_entropy":
-            inputs.entropy("members"), inputs.entropy("nonmembers")
+    for name in names:  # fail early with a clear message (the two sides on two threads)
+        if name in ("threshold", "threshold_entropy"):
+            _both_sides(inputs.loss if name == "threshold" else inputs.entropy)
 
     slices, skipped = slicing_mod.make_slices(inputs, spec, min_slice_size=min_slice_size)
     prepared = attacks_mod.PreparedInputs(inputs, config, references, reference_options)
@@ -125,27 +123,73 @@ def _attack_slices(slices, names: Sequence[str], prepared, skipped: List[Dict[st
 
     inputs = prepared.inputs
     wm, wn = inputs.sample_weight("members"), inputs.sample_weight("nonmembers")
-    out: List[Dict[str, Any]] = []
-    total, step = len(slices) * len(names), 0
-    for sl in slices:
+
+    def one(task) -> Tuple[str, Dict[str, Any], float]:
+        """``(kind, entry, seconds)`` of one slice and attack: kind "result" or "skipped"."""
+        sl, name = task
+        t0 = time.perf_counter()
+        if attacks_mod.ATTACKS[name].trained and min(sl.n_members, sl.n_nonmembers) < 2:
+            return "skipped", {"slice": sl.spec, "attack": name, "n_members": sl.n_members,
+                               "n_nonmembers": sl.n_nonmembers,
+                               "reason": "a trained attack needs at least 2 members and 2 non-members"}, 0.0
         label = np.concatenate([np.ones(sl.n_members, dtype=bool), np.zeros(sl.n_nonmembers, dtype=bool)])
         weight = None if wm is None else np.concatenate([wm[sl.member_idx], wn[sl.nonmember_idx]])
-        for name in names:
-            step += 1
-            t0 = time.perf_counter()
-            if attacks_mod.ATTACKS[name].trained and min(sl.n_members, sl.n_nonmembers) < 2:
-                skipped.append({"slice": sl.spec, "attack": name, "n_members": sl.n_members,
-                                "n_nonmembers": sl.n_nonmembers,
-                                "reason": "a trained attack needs at least 2 members and 2 non-members"})
-                continue
-            sm, sn = attacks_mod.attack_scores(name, prepared, sl.member_idx, sl.nonmember_idx,
-                                               _derived_seed(seed, sl.spec, name))
-            m = metrics.attack_metrics(np.concatenate([sm, sn]), label, weight, **metric_kwargs)
-            out.append({"slice": sl.spec, "attack": name, **m})
-            if progress is not None:
-                progress(f"[{step}/{total}] {slice_name(sl.spec)} {name}: auc={m['auc']:.4f} "
-                         f"advantage={m['attacker_advantage']:.4f} ({time.perf_counter() - t0:.2f}s)")
+        sm, sn = attacks_mod.attack_scores(name, prepared, sl.member_idx, sl.nonmember_idx,
+                                           _derived_seed(seed, sl.spec, name))
+        m = metrics.attack_metrics(np.concatenate([sm, sn]), label, weight, **metric_kwargs)
+        return "result", {"slice": sl.spec, "attack": name, **m}, time.perf_counter() - t0
+
+    out: List[Dict[str, Any]] = []
+    tasks = [(sl, name) for sl in slices for name in names]
+    # On a thread per core (numpy's sorts and ufuncs release the GIL); the shared per-example quantities
+    # (features, reference scores) are computed once, under a lock, by the first task that needs them. Every
+    # (slice, attack) has its own seed and results are taken in task order: the output does not depend on
+    # the threads.
+    # Started longest first (by slice size, trained attacks first) so that no thread idles at the end.
+    cost = [(-(sl.n_members + sl.n_nonmembers), not attacks_mod.ATTACKS[name].trained) for sl, name in tasks]
+    done = _ordered_map(one, tasks, start_order=sorted(range(len(tasks)), key=cost.__getitem__))
+    for step, ((sl, _), (kind, entry, seconds)) in enumerate(zip(tasks, done), start=1):
+        if kind == "skipped":
+            skipped.append(entry)
+            continue
+        out.append(entry)
+        if progress is not None:
+            progress(f"[{step}/{len(tasks)}] {slice_name(sl.spec)} {entry['attack']}: auc={entry['auc']:.4f} "
+                     f"advantage={entry['attacker_advantage']:.4f} ({seconds:.2f}s)")
     return out
+
+
+def _both_sides(fn) -> None:
+    if attack_threads() < 2:
+        fn("members"), fn("nonmembers")
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2, thread_name_prefix="attack-inputs") as pool:
+        list(pool.map(fn, ("members", "nonmembers")))
+
+
+def attack_threads() -> int:
+    """Threads for the slices: the cores this process may use (``PRIVACY_AUDIT_THREADS`` overrides; 1: serial)."""
+    env = os.environ.get("PRIVACY_AUDIT_THREADS")
+    if env:
+        return max(1, int(env))
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def _ordered_map(fn, items: Sequence[Any], start_order: Optional[Sequence[int]] = None):
+    """``fn`` over ``items`` on :func:`attack_threads` threads, started in ``start_order`` (indices; default: in
+    order) and yielded in the items' order."""
+    threads = min(attack_threads(), len(items))
+    if threads <= 1:
+        yield from map(fn, items)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="attack") as pool:
+        futures = {i: pool.submit(fn, items[i]) for i in (start_order or range(len(items)))}
+        for i in range(len(items)):
+            yield futures[i].result()
 
 
 def _derived_seed(seed: int, slice_spec: Mapping[str, Any], attack: str) -> int:

@@ -105,17 +105,22 @@ def histogram_from_scores(scores: np.ndarray, is_member: np.ndarray,
 
 def _histogram_counts(scores: np.ndarray, is_member: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`histogram_from_scores` without weights: the same arrays (counts are integers, so exact) from a
-    value sort of each side, their merge, and binary searches, ~1.4x faster than np.unique's argsort and
-    scatter on millions of scores."""
+    value sort of each side and their merge (a stable argsort of two sorted runs: timsort merges them in linear
+    time), which also says which side each value came from; each distinct value's counts are then differences
+    of one running count at the last position of its run. ~1.9x faster than np.unique's argsort and scatter on
+    millions of scores (and ~1.3x faster than binary searches of the distinct values in each side)."""
     sm, sn = np.sort(scores[is_member]), np.sort(scores[~is_member])
-    merged = np.sort(np.concatenate([sm, sn]), kind="stable")  # two sorted runs: timsort merges them
-    distinct = np.empty(merged.size, dtype=bool)
-    distinct[:1] = True
-    np.not_equal(merged[1:], merged[:-1], out=distinct[1:])
-    uniq = merged[distinct]
-    member_counts = np.diff(np.searchsorted(sm, uniq, side="right"), prepend=0).astype(np.float64)
-    nonmember_counts = np.diff(np.searchsorted(sn, uniq, side="right"), prepend=0).astype(np.float64)
-    return uniq[::-1].copy(), member_counts[::-1].copy(), nonmember_counts[::-1].copy()
+    both = np.concatenate([sm, sn])
+    order = np.argsort(both, kind="stable")
+    merged = both[order]
+    last = np.empty(merged.size, dtype=bool)  # the last position of each run of equal values
+    last[-1:] = True
+    np.not_equal(merged[1:], merged[:-1], out=last[:-1])
+    ends = np.flatnonzero(last)
+    members_up_to = np.cumsum(order < sm.size)[ends]
+    member_counts = np.diff(members_up_to, prepend=0).astype(np.float64)
+    nonmember_counts = np.diff(ends + 1 - members_up_to, prepend=0).astype(np.float64)
+    return merged[ends][::-1].copy(), member_counts[::-1].copy(), nonmember_counts[::-1].copy()
 
 
 def merge_histograms(histograms: Iterable[Tuple[np.ndarray, np.ndarray, np.ndarray]]

@@ -4,6 +4,7 @@ trained attacks, reference scores) and the trained attacks' settings (:class:`At
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -122,6 +123,9 @@ class PreparedInputs:
         self.reference_options = reference_options
         self._features: Dict[str, np.ndarray] = {}
         self._reference_scores: Dict[str, Tuple[np.ndarray, Dict[str, Any]]] = {}
+        # Attacks on several slices run on threads (api.run_attacks): the first to need a shared quantity
+        # computes it, the others wait for it.
+        self._lock = threading.RLock()
         if references is not None and references.m != inputs.n_members + inputs.n_nonmembers:
             raise ValueError(f"the reference signals cover {references.m} examples but the inputs have "
                              f"{inputs.n_members} members + {inputs.n_nonmembers} non-members; they must cover "
@@ -135,9 +139,17 @@ class PreparedInputs:
     def all_features(self) -> np.ndarray:
         """[n_members + n_nonmembers, F] features of the members then the non-members, computed once (one
         array, so that a slice's rows are gathered in one step, and the whole data set without a copy)."""
+        with self._lock:
+            return self._all_features()
+
+    def _all_features(self) -> np.ndarray:
         if "all" not in self._features:
-            fm = attack_features(self.inputs, "members", self.config)
-            fn = attack_features(self.inputs, "nonmembers", self.config)
+            # The two sides on two threads (their caches are separate keys; numpy releases the GIL).
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(2, thread_name_prefix="attack-features") as pool:
+                fm, fn = pool.map(lambda side: attack_features(self.inputs, side, self.config),
+                                  ("members", "nonmembers"))
             out = np.empty((fm.shape[0] + fn.shape[0], fm.shape[1]))
             out[: fm.shape[0]], out[fm.shape[0]:] = fm, fn
             self._features["all"] = out
@@ -146,6 +158,10 @@ class PreparedInputs:
     def reference_scores(self, name: str) -> Tuple[np.ndarray, Dict[str, Any]]:
         """``(scores [n_members + n_nonmembers], resolved options)`` of a reference attack on every example
         (members first), computed once: the per-example fits do not depend on the slice."""
+        with self._lock:
+            return self._reference_scores_of(name)
+
+    def _reference_scores_of(self, name: str) -> Tuple[np.ndarray, Dict[str, Any]]:
         if name not in self._reference_scores:
             from privacy_audit.components.membership_inference.attacks.reference import reference_attack_scores
 
