@@ -652,22 +652,25 @@ def count_records(file_pattern: str) -> int:
     return int(batches.reduce(tf.constant(0, tf.int64), lambda n, b: n + tf.shape(b, out_type=tf.int64)[0]))
 
 
+def per_split(counts: Dict[str, int]) -> str:
+    """``"train: 5,001,105, eval: 4,998,895"``."""
+    return ", ".join(f"{s}: {n:,}" for s, n in counts.items())
+
+
 def check_example_count(examples_uri: str, split_names: Sequence[str], expected: int,
                         known: Optional[Dict[str, int]] = None) -> Dict[str, int]:
     """Refuses Examples whose splits hold, together, another number of examples than the ``expected`` rows of the
     source data: rows lost (or duplicated) between the data and ExampleGen's output would otherwise be audited
     silently. ``known`` gives splits already counted (the one a trainer loaded); the others are counted here.
     Returns the count per split; ValueError naming both counts and what to do."""
-    counts = {s: int((known or {}).get(s, -1)) for s in split_names}
-    for s in split_names:
-        if counts[s] < 0:
-            counts[s] = count_records(split_file_pattern(examples_uri, s))
+    known = known or {}
+    counts = {s: int(known[s]) if s in known else count_records(split_file_pattern(examples_uri, s))
+              for s in split_names}
     total = sum(counts.values())
     if total != expected:
-        per_split = ", ".join(f"{s}: {n:,}" for s, n in counts.items())
         what = f"{expected - total:,} rows were lost" if total < expected else f"{total - expected:,} rows too many"
         raise ValueError(
-            f"the Examples at {examples_uri} hold {total:,} examples ({per_split}) but the source data has "
+            f"the Examples at {examples_uri} hold {total:,} examples ({per_split(counts)}) but the source data has "
             f"{expected:,} rows: {what} between the data and ExampleGen's output, and the audit would not be of "
             "the data given. Beam's multi-process DirectRunner (direct_num_workers > 1) has dropped rows of a "
             "10M-row CSV without an error: rerun in-process (the default, --direct-num-workers 1) or on a "

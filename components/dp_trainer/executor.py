@@ -10,7 +10,8 @@ from tfx import types
 from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 
-from privacy_audit.components.common.examples import check_example_count, load_examples, split_file_pattern
+from privacy_audit.components.common.examples import (check_example_count, load_examples, per_split,
+                                                      split_file_pattern)
 from privacy_audit.components.common.memory import release_freed_memory
 from privacy_audit.components.common.recipe import recipe_from_exec_properties
 from privacy_audit.components.dp_trainer import accounting
@@ -42,7 +43,7 @@ class Executor(base_executor.BaseExecutor):
             counts = check_example_count(examples.uri, artifact_utils.decode_split_names(examples.split_names),
                                          int(p["expected_examples"]), known={split: len(data.y)})
             print(f"[{p['model_variant']}] the Examples hold all {sum(counts.values()):,} rows of the data "
-                  f"({', '.join(f'{s}: {n:,}' for s, n in counts.items())})", flush=True)
+                  f"({per_split(counts)})", flush=True)
         recipe = recipe_from_exec_properties(p)
         variant = p["model_variant"]
         ledger = train(recipe, data.x, data.y, model_dir=model.uri, run_dir=model_run.uri, model_variant=variant,

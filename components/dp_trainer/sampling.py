@@ -147,6 +147,7 @@ class ShuffleSampler(_SamplerBase):
             padded_batch_size = self.expected_batch_size
         self.padded_batch_size = check_int("padded_batch_size", padded_batch_size,
                                            minimum=self.expected_batch_size)
+        self._order = (None, None)  # (epoch, its permutation) for batch_at
 
     def epoch(self, epoch_index: int) -> Iterator[np.ndarray]:
         """Yields ``steps_per_epoch`` int64 index arrays covering a permutation of N."""
@@ -157,7 +158,7 @@ class ShuffleSampler(_SamplerBase):
 
     def batch_at(self, epoch_index: int, step: int) -> np.ndarray:
         """Step ``step`` of epoch ``epoch_index`` (the same batches as :meth:`epoch`)."""
-        if getattr(self, "_order", (None,))[0] != int(epoch_index):  # one permutation per epoch, not per step
+        if self._order[0] != int(epoch_index):  # one permutation per epoch, not per step
             self._order = (int(epoch_index), np.random.default_rng([self.seed, int(epoch_index)]).permutation(
                 self.n_examples))
         start = int(step) * self.expected_batch_size

@@ -21,6 +21,9 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from privacy_audit.components.common.threads import ordered_map
+from privacy_audit.components.common.threads import available as attack_threads  # noqa: F401 (re-exported)
+
 if TYPE_CHECKING:  # pragma: no cover
     from privacy_audit.components.membership_inference.attacks import AttackConfig
     from privacy_audit.components.membership_inference.data import AttackInputs
@@ -90,7 +93,7 @@ def run_attacks(inputs: "AttackInputs", attacks: Sequence[str] = DEFAULT_ATTACKS
                       DuplicateExamplesWarning, stacklevel=2)
     for name in names:  # fail early with a clear message (the two sides on two threads)
         if name in ("threshold", "threshold_entropy"):
-            _both_sides(inputs.loss if name == "threshold" else inputs.entropy)
+            list(ordered_map(inputs.loss if name == "threshold" else inputs.entropy, ("members", "nonmembers")))
 
     slices, skipped = slicing_mod.make_slices(inputs, spec, min_slice_size=min_slice_size)
     prepared = attacks_mod.PreparedInputs(inputs, config, references, reference_options)
@@ -147,7 +150,7 @@ def _attack_slices(slices, names: Sequence[str], prepared, skipped: List[Dict[st
     # the threads.
     # Started longest first (by slice size, trained attacks first) so that no thread idles at the end.
     cost = [(-(sl.n_members + sl.n_nonmembers), not attacks_mod.ATTACKS[name].trained) for sl, name in tasks]
-    done = _ordered_map(one, tasks, start_order=sorted(range(len(tasks)), key=cost.__getitem__))
+    done = ordered_map(one, tasks, start_order=sorted(range(len(tasks)), key=cost.__getitem__))
     for step, ((sl, _), (kind, entry, seconds)) in enumerate(zip(tasks, done), start=1):
         if kind == "skipped":
             skipped.append(entry)
@@ -157,39 +160,6 @@ def _attack_slices(slices, names: Sequence[str], prepared, skipped: List[Dict[st
             progress(f"[{step}/{len(tasks)}] {slice_name(sl.spec)} {entry['attack']}: auc={entry['auc']:.4f} "
                      f"advantage={entry['attacker_advantage']:.4f} ({seconds:.2f}s)")
     return out
-
-
-def _both_sides(fn) -> None:
-    if attack_threads() < 2:
-        fn("members"), fn("nonmembers")
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(2, thread_name_prefix="attack-inputs") as pool:
-        list(pool.map(fn, ("members", "nonmembers")))
-
-
-def attack_threads() -> int:
-    """Threads for the slices: the cores this process may use (``PRIVACY_AUDIT_THREADS`` overrides; 1: serial)."""
-    env = os.environ.get("PRIVACY_AUDIT_THREADS")
-    if env:
-        return max(1, int(env))
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-
-
-def _ordered_map(fn, items: Sequence[Any], start_order: Optional[Sequence[int]] = None):
-    """``fn`` over ``items`` on :func:`attack_threads` threads, started in ``start_order`` (indices; default: in
-    order) and yielded in the items' order."""
-    threads = min(attack_threads(), len(items))
-    if threads <= 1:
-        yield from map(fn, items)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(threads, thread_name_prefix="attack") as pool:
-        futures = {i: pool.submit(fn, items[i]) for i in (start_order or range(len(items)))}
-        for i in range(len(items)):
-            yield futures[i].result()
 
 
 def _derived_seed(seed: int, slice_spec: Mapping[str, Any], attack: str) -> int:

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from privacy_audit.components.common.threads import ordered_map
 from privacy_audit.components.membership_inference.data import MIN_PROB, AttackInputs, as_2d_logits
 
 
@@ -145,11 +146,8 @@ class PreparedInputs:
     def _all_features(self) -> np.ndarray:
         if "all" not in self._features:
             # The two sides on two threads (their caches are separate keys; numpy releases the GIL).
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(2, thread_name_prefix="attack-features") as pool:
-                fm, fn = pool.map(lambda side: attack_features(self.inputs, side, self.config),
-                                  ("members", "nonmembers"))
+            fm, fn = ordered_map(lambda side: attack_features(self.inputs, side, self.config),
+                                 ("members", "nonmembers"))
             out = np.empty((fm.shape[0] + fn.shape[0], fm.shape[1]))
             out[: fm.shape[0]], out[fm.shape[0]:] = fm, fn
             self._features["all"] = out
