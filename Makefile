@@ -67,7 +67,8 @@ test-py312: setup-py312
 
 bench: setup
 	$(PY) benchmarks/dp_overhead.py --model cnn --batch-size 256
-	$(PY) benchmarks/dp_overhead.py --model mlp --batch-size 256
+	$(PY) benchmarks/dp_overhead.py --model mlp --batch-size 256 --floor
+	$(PY) benchmarks/noise_samplers.py
 	$(PY) benchmarks/mia_throughput.py --n 100000
 	$(PY) benchmarks/mia_scale.py --n 10000000
 	$(PY) benchmarks/reference_models_cost.py --pipeline-variant non_private --k 4

@@ -104,6 +104,57 @@ def keras_best_step_ms(args, batch) -> dict:
             blocks.append((time.perf_counter() - start) / args.steps)
         out["xla_on" if jit else "xla_off"] = statistics.median(blocks) * 1e3
     return out
+
+
+def noise_floor_ms(args, batch, jit: bool) -> dict:
+    """What any DP step of this model must at least do on this machine: Keras's own non-private step plus the
+    Gaussian noise for every trainable weight, drawn as :class:`DPStep` draws it. ``noise``: the noise
+    alone; ``serial``: ``train_on_batch`` then the noise; ``concurrent``: the noise drawn on another thread
+    while ``train_on_batch`` runs (the best case: it hides the noise in whatever CPU time the step leaves
+    idle); ``concurrent_numpy``: the same with numpy's SFC64 ziggurat, the sampler of least CPU time in
+    ``noise_samplers.py``. Each the median of ``--repeats`` blocks of ``--steps`` steps, in ms."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tensorflow as tf
+
+    from privacy_audit.components.dp_trainer.dp_step import gaussian_noise, noise_key
+
+    keras.utils.set_random_seed(0)
+    model = MODELS[args.model][0]()
+    model.compile(optimizer=OPTIMIZERS[args.optimizer](), jit_compile=jit,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    shapes = [tuple(v.shape) for v in model.trainable_variables]
+    key = tf.constant(noise_key(0))
+
+    @tf.function
+    def noise(step):
+        k = tf.random.experimental.stateless_fold_in(key, step)
+        return [gaussian_noise(s, tf.random.experimental.stateless_fold_in(k, i)) for i, s in enumerate(shapes)]
+
+    x, y = batch[0], batch[1]
+    step = tf.Variable(0, dtype=tf.int64)
+    with ThreadPoolExecutor(1) as pool:
+        def concurrent(draw):
+            pending = pool.submit(draw)
+            model.train_on_batch(x, y)
+            pending.result()
+
+        sfc64 = np.random.Generator(np.random.SFC64(0))
+        modes = {"noise": lambda: noise(step.read_value()),
+                 "serial": lambda: (model.train_on_batch(x, y), noise(step.read_value())),
+                 "concurrent": lambda: concurrent(lambda: noise(step.read_value())),
+                 "concurrent_numpy": lambda: concurrent(
+                     lambda: [sfc64.standard_normal(s, dtype=np.float32) for s in shapes])}
+        for fn in modes.values():
+            for _ in range(args.warmup):
+                fn()
+        blocks = {name: [] for name in modes}
+        for _ in range(args.repeats):
+            for name, fn in modes.items():
+                blocks[name].append(_time_block(fn, (), args.steps) * 1e3)
+    return {name: statistics.median(b) for name, b in blocks.items()}
+
+
 OPTIMIZERS = {"sgd": lambda: keras.optimizers.SGD(0.01),
               "adam": lambda: keras.optimizers.Adam(1e-3)}
 
@@ -191,6 +242,8 @@ def main(argv=None) -> float:
                         help="DP step uses whole-model vectorised per-example gradients")
     parser.add_argument("--no-keras", action="store_true",
                         help="skip the Keras train_on_batch reference (dp_over_nondp is then the last line)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time Keras's step plus the DP noise alone (the floor of any DP step's ratio)")
     parser.add_argument("--api", choices=["dpstep", "keras-fit"], default="dpstep",
                         help="dpstep: DPStep objects directly; keras-fit: make_private + model.fit")
     args = parser.parse_args(argv)
@@ -234,6 +287,15 @@ def main(argv=None) -> float:
     keras_ms = keras_best_step_ms(args, batch)
     best = min(keras_ms.values())
     print("keras_train_on_batch_ms=" + ",".join(f"{k}:{v:.2f}" for k, v in keras_ms.items()))
+    if args.floor:
+        floor = noise_floor_ms(args, batch, jit=min(keras_ms, key=keras_ms.get) == "xla_on")
+        n_weights = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+        print(f"noise_floor: {n_weights:,} weights; noise alone {floor['noise']:.2f} ms; Keras step + noise "
+              f"{floor['serial']:.2f} ms serial, {floor['concurrent']:.2f} ms with the noise on another thread "
+              f"({floor['concurrent_numpy']:.2f} ms with numpy's ziggurat there)")
+        lowest = min(floor[m] for m in ("serial", "concurrent", "concurrent_numpy"))
+        print(f"floor_over_keras={lowest / best:.3f} (Keras's step and the noise alone, however overlapped: "
+              "no DP step with these samplers can go below it)")
     print(f"dp_over_keras={dp_ms / best:.3f}")
     return dp_ms / best
 
