@@ -186,3 +186,46 @@ def test_threaded_attacks_give_the_serial_results(monkeypatch):
     np.testing.assert_array_equal(s, uniq[::-1])
     np.testing.assert_array_equal(mc, np.bincount(inverse[member], minlength=uniq.size)[::-1])
     np.testing.assert_array_equal(nc, np.bincount(inverse[~member], minlength=uniq.size)[::-1])
+
+
+def test_sorting_network_sorts_like_numpy():
+    """sort_rows (Batcher's network on the columns, up to 32 of them) equals np.sort row by row, ties included."""
+    from privacy_audit.components.membership_inference.attacks.inputs import sort_rows
+
+    rng = np.random.default_rng(11)
+    for n in range(1, 36):
+        x = rng.normal(size=(257, n))
+        x[::5] = np.round(x[::5])  # ties within rows
+        x[3] = 1.5                 # a constant row
+        np.testing.assert_array_equal(sort_rows(x), np.sort(x, axis=1), err_msg=f"{n} columns")
+
+
+def test_features_in_blocks_equal_the_formulas_by_hand(monkeypatch):
+    """The attack features, computed in blocks of rows on threads, equal the same features computed by hand with
+    numpy over whole arrays (sorted probabilities, top-3 log-probabilities, log-sum-exp, loss, log loss,
+    modified entropy), and the blocked log-softmax equals the whole-array one bit for bit."""
+    from privacy_audit.components.common import losses
+    from privacy_audit.components.membership_inference.attacks import inputs as attack_inputs
+
+    monkeypatch.setattr(attack_inputs, "ROW_BLOCK", 700)  # many blocks, the last ones partial
+    monkeypatch.setattr(losses, "ROW_BLOCK", 700)
+    monkeypatch.setenv("PRIVACY_AUDIT_THREADS", "2")
+    inputs = synthetic_inputs(2600, 1900, 6, gap=1.0, seed=4, dtype=np.float32)
+    got = A.PreparedInputs(inputs, A.AttackConfig(top_k=3)).all_features()
+
+    z = np.concatenate([inputs.logits_members, inputs.logits_nonmembers]).astype(np.float64)
+    y = np.concatenate([inputs.labels_members, inputs.labels_nonmembers])
+    shifted = z - z.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_p = shifted - lse
+    np.testing.assert_array_equal(losses.log_softmax(z), log_p)
+    desc = -np.sort(-log_p, axis=1)
+    p = np.exp(log_p)
+    rows = np.arange(z.shape[0])
+    loss = -log_p[rows, y]
+    others = np.ones_like(p, dtype=bool)
+    others[rows, y] = False
+    mentr = -(1 - p[rows, y]) * np.log(p[rows, y]) - np.where(others, p * np.log(1 - p), 0.0).sum(axis=1)
+    want = np.column_stack([np.exp(desc[:, :3]), desc[:, :3], z.max(axis=1) + lse[:, 0], loss, np.log(loss), mentr])
+    assert got.shape == want.shape == (4500, 10)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)

@@ -331,20 +331,27 @@ class AttackInputs:
         labels; without labels, the Shannon entropy of the prediction (TF Privacy's label-free entropy).
         Raises InputValidationError when there are no outputs and no given entropy."""
         _check_side(side)
+        return self._cached(f"entropy_{side}", lambda: self._entropy_of(side, slice(None)))
 
-        def compute():
-            given = getattr(self, f"entropy_{side}")
-            if given is not None:
-                return given
-            labels = getattr(self, f"labels_{side}")
-            if not self.has_outputs:
-                raise InputValidationError("threshold_entropy needs entropy_* or logits/probs")
-            if labels is None:
-                return prediction_entropy(self.log_probs(side))
-            if getattr(self, f"logits_{side}") is not None:
-                return modified_entropy_from_log_probs(self.log_probs(side), labels)
-            return modified_entropy(getattr(self, f"probs_{side}"), labels)
-        return self._cached(f"entropy_{side}", compute)
+    def entropy_rows(self, side: str, rows: slice) -> np.ndarray:
+        """:meth:`entropy` of a block of the side's rows: the same values, computed for those rows alone (and
+        not cached) unless the whole side's are already known."""
+        _check_side(side)
+        cached = self._cache.get(f"entropy_{side}")
+        return cached[rows] if cached is not None else self._entropy_of(side, rows)
+
+    def _entropy_of(self, side: str, rows: slice) -> np.ndarray:
+        given = getattr(self, f"entropy_{side}")
+        if given is not None:
+            return given[rows]
+        labels = getattr(self, f"labels_{side}")
+        if not self.has_outputs:
+            raise InputValidationError("threshold_entropy needs entropy_* or logits/probs")
+        if labels is None:
+            return prediction_entropy(self.log_probs(side)[rows])
+        if getattr(self, f"logits_{side}") is not None:
+            return modified_entropy_from_log_probs(self.log_probs(side)[rows], labels[rows])
+        return modified_entropy(getattr(self, f"probs_{side}")[rows], labels[rows])
 
     def predictions(self, side: str) -> Optional[np.ndarray]:
         """[N] argmax class of the outputs (ties → lowest class), None without outputs."""

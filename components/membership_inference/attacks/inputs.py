@@ -4,12 +4,14 @@ trained attacks, reference scores) and the trained attacks' settings (:class:`At
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from privacy_audit.components.common.threads import ordered_map
+from privacy_audit.components.common.losses import ROW_BLOCK, row_max
 from privacy_audit.components.membership_inference.data import MIN_PROB, AttackInputs, as_2d_logits
 
 
@@ -60,8 +62,47 @@ class AttackConfig:
             raise ValueError(f"lr_solver must be 'lbfgs' or 'newton', got {self.lr_solver!r}")
 
 
-def attack_features(inputs: AttackInputs, side: str, config: AttackConfig = AttackConfig()) -> np.ndarray:
-    """[N, F] float64 features of the trained attacks for one side ('members' or 'nonmembers').
+@functools.lru_cache(maxsize=None)
+def _sorting_network(n: int) -> Tuple[Tuple[int, int], ...]:
+    """Batcher's odd-even merge sort comparators ``(i, j)``, i < j, for ``n`` keys: the network of the next power of
+    two without the comparators that touch a key beyond ``n`` (as if those were +inf, which never move)."""
+    size = 1 << max(0, (n - 1).bit_length())
+    pairs = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    lo, hi = i + j, i + j + k
+                    if lo // (2 * p) == hi // (2 * p) and hi < n:
+                        pairs.append((lo, hi))
+            k //= 2
+        p *= 2
+    return tuple(pairs)
+
+
+def sort_rows(x: np.ndarray) -> np.ndarray:
+    """``np.sort(x, axis=1)`` of a block of finite rows (the same values), through a sorting network on the columns
+    when there are few of them: element-wise minima and maxima of whole columns instead of a sort call per row,
+    ~2x faster on cache-sized blocks of 10 classes. The result is a transposed view."""
+    n = x.shape[1]
+    if n > 32:
+        return np.sort(x, axis=1)
+    cols = np.array(x.T, dtype=np.float64, order="C")
+    scratch = np.empty(x.shape[0])
+    for i, j in _sorting_network(n):
+        np.minimum(cols[i], cols[j], out=scratch)
+        np.maximum(cols[i], cols[j], out=cols[j])
+        cols[i] = scratch
+    return cols.T
+
+
+def attack_features(inputs: AttackInputs, side: str, config: AttackConfig = AttackConfig(),
+                    rows: slice = slice(None), out: Optional[np.ndarray] = None) -> np.ndarray:
+    """[N, F] float64 features of the trained attacks for one side ('members' or 'nonmembers'); ``rows``: only
+    those of a block of the side's rows (the same values: every feature is a function of its own row),
+    written into ``out`` ([rows, F]) when given.
 
     With outputs: the ``top_k`` (at most C - 1) largest class probabilities (sorted, descending), the 3 largest
     log-probabilities (clipped at log 1e-30; they resolve confident predictions whose probabilities all
@@ -75,8 +116,9 @@ def attack_features(inputs: AttackInputs, side: str, config: AttackConfig = Atta
     cols: List[np.ndarray] = []
     log_p = inputs.log_probs(side)
     if log_p is not None:
+        log_p = log_p[rows]
         # Ascending sort read backwards: the same values as -sort(-log_p), without two negated copies.
-        desc_lp = np.sort(log_p, axis=1)[:, ::-1]
+        desc_lp = sort_rows(log_p)[:, ::-1]
         k = min(config.top_k, desc_lp.shape[1] - 1)  # all C of them sum to 1: collinear
         cols.append(np.exp(desc_lp[:, :k]))
         cols.append(np.maximum(desc_lp[:, : min(3, desc_lp.shape[1])], np.log(MIN_PROB)))
@@ -85,8 +127,8 @@ def attack_features(inputs: AttackInputs, side: str, config: AttackConfig = Atta
         # Softmax discards the logits' level (logsumexp), and a member's logits are often larger in absolute
         # terms. It is the only thing raw logits add: each logit is its log-probability plus the level, so
         # adding sorted or true-class logits as well would only make the features collinear.
-        z = as_2d_logits(raw)
-        zmax = z.max(axis=1)
+        z = as_2d_logits(raw[rows])
+        zmax = row_max(z)
         if log_p is not None and getattr(inputs, f"probs_{side}") is None:
             # log_p is the log-softmax of these logits: its top entry is -log sum exp(z - zmax), so the
             # level is zmax minus it (the value log-sum-exp gives, without another exp over [N, C]).
@@ -95,17 +137,17 @@ def attack_features(inputs: AttackInputs, side: str, config: AttackConfig = Atta
             cols.append((zmax + np.log(np.exp(z - zmax[:, None]).sum(axis=1)))[:, None])
     have_loss = inputs.loss_members is not None or (log_p is not None and inputs.has_labels)
     if have_loss:
-        loss = inputs.loss(side)
+        loss = inputs.loss(side)[rows]
         cols.append(loss[:, None])
         cols.append(np.log(np.maximum(loss, 1e-12))[:, None])
     if inputs.entropy_members is not None or (log_p is not None and inputs.has_labels):
-        cols.append(inputs.entropy(side)[:, None])
+        cols.append(inputs.entropy_rows(side, rows)[:, None])
     if config.include_label_one_hot and inputs.has_labels:
         c = inputs.num_classes
-        cols.append(np.eye(c)[inputs.labels(side)])
+        cols.append(np.eye(c)[inputs.labels(side)[rows]])
     if not cols:
         raise ValueError("no attack features: give logits/probs, or a loss")
-    return np.concatenate(cols, axis=1)
+    return np.concatenate(cols, axis=1, out=out)
 
 
 class PreparedInputs:
@@ -145,11 +187,24 @@ class PreparedInputs:
 
     def _all_features(self) -> np.ndarray:
         if "all" not in self._features:
-            # The two sides on two threads (their caches are separate keys; numpy releases the GIL).
-            fm, fn = ordered_map(lambda side: attack_features(self.inputs, side, self.config),
-                                 ("members", "nonmembers"))
-            out = np.empty((fm.shape[0] + fn.shape[0], fm.shape[1]))
-            out[: fm.shape[0]], out[fm.shape[0]:] = fm, fn
+            inputs, config = self.inputs, self.config
+            sizes = {"members": inputs.n_members, "nonmembers": inputs.n_nonmembers}
+            # The whole sides' shared quantities (log-probabilities, loss) on two threads (separate cache keys;
+            # numpy releases the GIL), and the number of features from one row; then blocks of rows on a
+            # thread per core, each written in place: cache-sized pieces, evenly shared between the threads.
+            width = list(ordered_map(lambda side: attack_features(inputs, side, config, rows=slice(0, 1)),
+                                     [side for side, n in sizes.items() if n]))[0].shape[1]
+            out = np.empty((sizes["members"] + sizes["nonmembers"], width))
+            offset = {"members": 0, "nonmembers": sizes["members"]}
+            blocks = [(side, start, min(start + ROW_BLOCK, n)) for side, n in sizes.items()
+                      for start in range(0, n, ROW_BLOCK)]
+
+            def fill(block):
+                side, start, stop = block
+                at = offset[side]
+                attack_features(inputs, side, config, rows=slice(start, stop), out=out[at + start: at + stop])
+
+            list(ordered_map(fill, blocks))
             self._features["all"] = out
         return self._features["all"]
 
