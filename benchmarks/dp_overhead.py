@@ -109,30 +109,26 @@ def keras_best_step_ms(args, batch) -> dict:
 def noise_floor_ms(args, batch, jit: bool) -> dict:
     """What any DP step of this model must at least do on this machine: Keras's own non-private step plus the
     Gaussian noise for every trainable weight, drawn as :class:`DPStep` draws it, in blocks interleaved with
-    Keras's step alone (``keras``: the same machine state for both). ``noise``: the noise alone; ``serial``: ``train_on_batch`` then the noise; ``concurrent``: the noise drawn on another thread
-    while ``train_on_batch`` runs (the best case: it hides the noise in whatever CPU time the step leaves
-    idle); ``concurrent_numpy``: the same with numpy's SFC64 ziggurat, the sampler of least CPU time in
+    Keras's step alone (``keras``: the same machine state for both). ``noise``: the noise alone; ``serial``:
+    ``train_on_batch`` then the noise; ``concurrent``: the noise drawn on another thread while ``train_on_batch``
+    runs (the best case: it hides the noise in whatever CPU time the step leaves idle); ``concurrent_numpy``:
+    the same with numpy's SFC64 ziggurat, the sampler of least CPU time in
     ``noise_samplers.py``. Each the median of ``--repeats`` blocks of ``--steps`` steps, in ms."""
     from concurrent.futures import ThreadPoolExecutor
 
     import tensorflow as tf
 
-    from privacy_audit.components.dp_trainer.dp_step import gaussian_noise, noise_key
+    from privacy_audit.components.dp_trainer.dp_step import noise_key, step_noise
 
     keras.utils.set_random_seed(0)
     model = MODELS[args.model][0]()
     model.compile(optimizer=OPTIMIZERS[args.optimizer](), jit_compile=jit,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     shapes = [tuple(v.shape) for v in model.trainable_variables]
-    key = tf.constant(noise_key(0))
-
-    @tf.function
-    def noise(step):
-        k = tf.random.experimental.stateless_fold_in(key, step)
-        return [gaussian_noise(s, tf.random.experimental.stateless_fold_in(k, i)) for i, s in enumerate(shapes)]
+    key, step = tf.constant(noise_key(0)), tf.constant(0, tf.int64)
+    draw_noise = tf.function(lambda: step_noise(key, step, shapes))
 
     x, y = batch[0], batch[1]
-    step = tf.Variable(0, dtype=tf.int64)
     with ThreadPoolExecutor(1) as pool:
         def concurrent(draw):
             pending = pool.submit(draw)
@@ -141,9 +137,9 @@ def noise_floor_ms(args, batch, jit: bool) -> dict:
 
         sfc64 = np.random.Generator(np.random.SFC64(0))
         modes = {"keras": lambda: model.train_on_batch(x, y),
-                 "noise": lambda: noise(step.read_value()),
-                 "serial": lambda: (model.train_on_batch(x, y), noise(step.read_value())),
-                 "concurrent": lambda: concurrent(lambda: noise(step.read_value())),
+                 "noise": draw_noise,
+                 "serial": lambda: (model.train_on_batch(x, y), draw_noise()),
+                 "concurrent": lambda: concurrent(draw_noise),
                  "concurrent_numpy": lambda: concurrent(
                      lambda: [sfc64.standard_normal(s, dtype=np.float32) for s in shapes])}
         for fn in modes.values():

@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from privacy_audit.components.dp_trainer.dp_step import gaussian_noise, noise_key  # noqa: E402
+from privacy_audit.components.dp_trainer.dp_step import box_muller, gaussian_noise, noise_key  # noqa: E402
 
 
 def _cpu_seconds() -> float:
@@ -46,12 +46,7 @@ def samplers(n: int) -> dict:
     sfc = np.random.Generator(np.random.SFC64(0))
     generator = tf.random.Generator.from_seed(0, alg="philox")
     half = (n + 1) // 2
-
-    @tf.function
-    def box_muller(u):
-        radius = tf.sqrt(-2.0 * tf.math.log(1.0 - u[:half]))
-        angle = (2.0 * np.pi) * u[half:]
-        return tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], axis=0)[:n]
+    transform = tf.function(lambda u: box_muller(u, n))
 
     return {
         "dpstep_box_muller": tf.function(lambda: gaussian_noise([n], key)),
@@ -59,7 +54,7 @@ def samplers(n: int) -> dict:
         "tf_generator_normal": tf.function(lambda: generator.normal([n])),
         "numpy_ziggurat_pcg64": lambda: pcg.standard_normal(n, dtype=np.float32),
         "numpy_ziggurat_sfc64": lambda: sfc.standard_normal(n, dtype=np.float32),
-        "numpy_uniform_tf_box_muller": lambda: box_muller(tf.constant(pcg.random(2 * half, dtype=np.float32))),
+        "numpy_uniform_tf_box_muller": lambda: transform(tf.constant(pcg.random(2 * half, dtype=np.float32))),
     }
 
 

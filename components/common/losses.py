@@ -63,7 +63,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Stable log-softmax over the last axis of ``[N, C]`` logits (single-logit input: see ``as_2d_logits``)."""
     z = as_2d_logits(logits)
     out = np.empty(z.shape)
-    # In blocks of rows that stay in the CPU's cache: ~1.6x faster on millions of rows, the same numbers.
+    # In blocks of rows that stay in the CPU's cache: ~1.2x faster on millions of rows, the same numbers.
     for start in range(0, z.shape[0], ROW_BLOCK):
         block, dst = z[start:start + ROW_BLOCK], out[start:start + ROW_BLOCK]
         np.subtract(block, row_max(block)[:, None], out=dst)

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import keras
 import numpy as np
@@ -362,11 +362,26 @@ def gaussian_noise(shape, key: tf.Tensor, dtype=tf.float32) -> tf.Tensor:
     size = tf.reduce_prod(shape)
     half = (size + 1) // 2
     u = tf.random.stateless_uniform(tf.reshape(2 * half, [1]), seed=key, dtype=tf.float32)
-    u_radius, u_angle = u[:half], u[half:]
-    radius = tf.sqrt(-2.0 * tf.math.log(1.0 - u_radius))
-    angle = (2.0 * np.pi) * u_angle
-    z = tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], axis=0)[:size]
-    return tf.cast(tf.reshape(z, shape), dtype)
+    return tf.cast(tf.reshape(box_muller(u, size), shape), dtype)
+
+
+def box_muller(uniforms: tf.Tensor, size) -> tf.Tensor:
+    """``size`` standard normal values [size] from ``2 * ceil(size / 2)`` float32 uniforms in [0, 1): the first
+    half give the radii, the second the angles."""
+    half = (size + 1) // 2
+    radius = tf.sqrt(-2.0 * tf.math.log(1.0 - uniforms[:half]))
+    angle = (2.0 * np.pi) * uniforms[half:]
+    return tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], axis=0)[:size]
+
+
+def step_noise(key: tf.Tensor, step, shapes: Sequence, dtypes: Optional[Sequence] = None) -> list:
+    """The standard normal noise of optimizer step ``step``: one tensor per variable shape (in the variables'
+    order), each from its own key folded from ``key`` and the step, so the same seed and step give the same
+    noise whichever way the step is run."""
+    step_key = tf.random.experimental.stateless_fold_in(key, step)
+    dtypes = dtypes or [tf.float32] * len(shapes)
+    return [gaussian_noise(shape, tf.random.experimental.stateless_fold_in(step_key, k), dtype)
+            for k, (shape, dtype) in enumerate(zip(shapes, dtypes))]
 
 
 def _to_tensors(x, y, mask):
@@ -708,13 +723,11 @@ class DPStep:
                 std = self.noise_multiplier * self.l2_norm_clip
                 noisy = std > 0
             if noisy:
-                key = tf.random.experimental.stateless_fold_in(self._noise_key,
-                                                               self._step.read_value())
                 # Shapes from the variables, not the gradients: the noise does not
                 # wait for the backward pass, so TF can generate it concurrently.
-                grad_sum = [g + std * gaussian_noise(
-                    v.shape, tf.random.experimental.stateless_fold_in(key, k), g.dtype)
-                    for k, (g, v) in enumerate(zip(grad_sum, self._variables))]
+                noise = step_noise(self._noise_key, self._step.read_value(),
+                                   [v.shape for v in self._variables], [g.dtype for g in grad_sum])
+                grad_sum = [g + std * n for g, n in zip(grad_sum, noise)]
             if self._clip is not None:
                 self._update_clip(clip, unclipped)
             scale = 1.0 / self.expected_batch_size

@@ -10,8 +10,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from privacy_audit.components.common.threads import ordered_map
 from privacy_audit.components.common.losses import ROW_BLOCK, row_max
+from privacy_audit.components.common.threads import ordered_map
 from privacy_audit.components.membership_inference.data import MIN_PROB, AttackInputs, as_2d_logits
 
 
